@@ -1,0 +1,271 @@
+"""The one configuration of fastdavs: architecture, loss weights and optimiser settings.
+
+`DavsConfig` flows CLI -> model -> checkpoint -> engine `config.json`. It is built from a named
+preset (`paper`, `small`, `tiny`), can be overridden field by field, and round-trips through JSON.
+`validate()` raises `ConfigError` with a message naming the field and what to do.
+
+Dimension letters used across the project: B batch, T frames, C channels, H/W height/width,
+F MFCC steps, K MFCC coefficients, D feature size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastdavs.errors import FastdavsError
+
+WORD_HEADS = ("concat", "tcn")
+
+
+class ConfigError(FastdavsError, ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class LossWeights:
+    """Weights of the DAVS losses (spec/davs.md §2; defaults are the original `Options.py`)."""
+
+    reconstruction: float = 4.0  # lambda_A: L1 over the whole frame (0-255 scale)
+    reconstruction_mouth: float = 8.0  # lambda_B: L1 inside the mouth box
+    smoothness: float = 5.0  # temporal smoothness outside the mouth box
+    gan: float = 1.0  # sequence GAN, patch head
+    gan_sync: float = 1.0  # sequence GAN, audio-sync head
+    contrastive: float = 1.0
+    contrastive_margin: float = 1.0
+    word_ce: float = 1.0  # shared word classifier, per modality
+    modality_flip: float = 5.0  # encoders fooling the modality discriminator
+    pid_uniform: float = 1e6  # pid -> word adversary, uniform-softmax target
+    wid_uniform: float = 1e6  # wid -> person adversary, uniform-softmax target
+    adversary_ce: float = 1.0  # classifier step of both adversaries
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings shared by the generator-side and discriminator-side optimisers."""
+
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    batch_size: int = 16  # clips per step
+
+
+@dataclass
+class DavsConfig:
+    """Architecture of the whole DAVS system plus its loss and optimiser settings.
+
+    Channel widths are those of the original code scaled by `width` (see `ch`); spatial sizes
+    follow from `image_size` (the original is 256).
+    """
+
+    preset: str = "paper"
+    image_size: int = 256  # square RGB face crops in [0, 1]
+    width: float = 1.0  # channel multiplier on the original widths
+    pid_dim: int = 256  # person-ID vector
+    word_dim: int = 256  # per-frame word-ID vector
+    num_words: int = 500  # LRW vocabulary
+    num_identities: int = 40145  # identity classes for pid pretraining / wid->person adversary
+    num_landmarks: int = 68  # channels of the video encoder's heatmap layer
+    hourglass_depth: int = 4
+    mfcc_steps: int = 20  # F: MFCC frames per video-frame window (0.2 s)
+    mfcc_coeffs: int = 12  # K: c1..c12
+    seq_len: int = 12  # frames per word-ID sequence (stride 2 over the clip)
+    word_head: str = "concat"  # "concat" (original MLP over concatenated frames) | "tcn"
+    adv_frames: int = 20  # consecutive frames read by the pid->word adversary
+    gan_frames: int = 6  # frames stacked by the sequence discriminator
+    mouth_box: tuple[float, float, float, float] = (170 / 256, 234 / 256, 64 / 256, 192 / 256)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    # ---- derived values -------------------------------------------------------------------
+    def ch(self, channels: int) -> int:
+        """Original channel count scaled by `width`, rounded to a multiple of 4 (at least 4)."""
+        return max(4, int(round(channels * self.width / 4)) * 4)
+
+    @property
+    def mouth_box_px(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of the mouth box in pixels of an `image_size` frame."""
+        s = self.image_size
+        top, bottom, left, right = self.mouth_box
+        return round(top * s), round(bottom * s), round(left * s), round(right * s)
+
+    @property
+    def seq_dim(self) -> int:
+        """Size of a word-ID sequence embedding (the contrastive space): seq_len * word_dim."""
+        return self.seq_len * self.word_dim
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> DavsConfig:
+        """Check every field; return self so calls chain. Raises ConfigError."""
+        s = self.image_size
+        if s < 32 or s > 1024 or s & (s - 1):
+            raise ConfigError(
+                f"image_size={s}: must be a power of two between 32 and 1024 (the paper uses 256)"
+            )
+        if not (0 < self.width <= 4):
+            raise ConfigError(f"width={self.width}: must be in (0, 4] (1.0 is the paper's widths)")
+        for name in ("pid_dim", "word_dim", "num_words", "num_identities", "num_landmarks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
+        for name in ("num_words", "num_identities"):
+            if getattr(self, name) < 2:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)}: a classifier needs at least 2 classes"
+                )
+        max_depth = int(math.log2(s // 4))
+        if not (1 <= self.hourglass_depth <= max_depth):
+            raise ConfigError(
+                f"hourglass_depth={self.hourglass_depth}: must be 1..{max_depth} for "
+                f"image_size={s} (the hourglass runs at image_size/4 and halves once per level)"
+            )
+        if (self.mfcc_steps, self.mfcc_coeffs) != (20, 12):
+            raise ConfigError(
+                f"mfcc window {self.mfcc_steps}x{self.mfcc_coeffs}: the DAVS MFCC contract is "
+                "20x12; the audio encoders' strides are built for it"
+            )
+        if self.word_head not in WORD_HEADS:
+            raise ConfigError(
+                f"word_head={self.word_head!r}: choose one of {', '.join(WORD_HEADS)}"
+            )
+        for name in ("seq_len", "adv_frames", "gan_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1 frame")
+        top, bottom, left, right = self.mouth_box
+        if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+            raise ConfigError(
+                f"mouth_box={self.mouth_box}: (top, bottom, left, right) fractions with "
+                "0 <= top < bottom <= 1 and 0 <= left < right <= 1"
+            )
+        t, b, le, r = self.mouth_box_px
+        if b <= t or r <= le:
+            raise ConfigError(f"mouth_box covers no pixel at image_size={s}; enlarge it")
+        for f in dataclasses.fields(self.loss):
+            value = getattr(self.loss, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"loss.{f.name}={value}: must be a finite number >= 0")
+        o = self.optim
+        if not (o.lr > 0 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+            raise ConfigError(f"optim={o}: need lr > 0 and betas in [0, 1)")
+        if o.batch_size < 1:
+            raise ConfigError(f"optim.batch_size={o.batch_size}: must be at least 1")
+        return self
+
+    # ---- presets and serialisation ---------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> DavsConfig:
+        """A named preset with optional field overrides, validated."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name](), **overrides).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DavsConfig:
+        """Inverse of `to_dict`; unknown keys and wrong types raise ConfigError."""
+        return _build(cls, data, "").validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> DavsConfig:
+        """Inverse of `to_json`; `source` names the origin in error messages."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> DavsConfig:
+        """Read a config JSON file (e.g. a checkpoint's or engine's `config.json`)."""
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        return cls.from_json(text, source=str(path))
+
+
+def _build(cls, data: dict, prefix: str):
+    """Construct dataclass `cls` from a dict, checking names and types field by field."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        where = prefix + key
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected an object, got {value!r}")
+            kwargs[key] = _build(hint, value, where + ".")
+        elif hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            kwargs[key] = float(value)
+        elif hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            kwargs[key] = value
+        elif hint is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: expected a string, got {value!r}")
+            kwargs[key] = value
+        else:  # tuple of floats (mouth_box)
+            if not isinstance(value, (list, tuple)) or len(value) != 4:
+                raise ConfigError(f"{where}: expected 4 numbers, got {value!r}")
+            kwargs[key] = tuple(float(v) for v in value)
+    return cls(**kwargs)
+
+
+def _paper() -> DavsConfig:
+    return DavsConfig()
+
+
+def _small() -> DavsConfig:
+    # 64 px and a quarter of the widths: trains on 2 CPU cores in minutes.
+    return DavsConfig(
+        preset="small",
+        image_size=64,
+        width=0.25,
+        pid_dim=128,
+        word_dim=128,
+        num_words=500,
+        num_identities=1000,
+        hourglass_depth=3,
+    )
+
+
+def _tiny() -> DavsConfig:
+    # For tests: a forward + backward step of every module well under a second.
+    return DavsConfig(
+        preset="tiny",
+        image_size=32,
+        width=0.125,
+        pid_dim=32,
+        word_dim=32,
+        num_words=10,
+        num_identities=8,
+        num_landmarks=8,
+        hourglass_depth=2,
+        seq_len=4,
+        adv_frames=4,
+        gan_frames=2,
+        optim=OptimConfig(batch_size=2),
+    )
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}

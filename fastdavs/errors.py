@@ -1,0 +1,13 @@
+"""The one exception type for errors a user can cause (bad file, bad option, missing extra).
+
+Commands catch `FastdavsError` and print its message as one line with a non-zero exit;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class FastdavsError(Exception):
+    """A user-caused error; the message names the file or option and what to do."""
+
+
+class NotImplementedYet(FastdavsError):
+    """A command or option that a later issue delivers."""
