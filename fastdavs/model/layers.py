@@ -15,7 +15,9 @@ class MfccConvBranch(nn.Sequential):
 
     Convolutions are bias-free and followed by BatchNorm + LeakyReLU(0.2), except the last,
     which has BatchNorm only when `final_norm` (the discriminator) and nothing otherwise
-    (the audio encoder), as in the original.
+    (the audio encoder). The original discriminator's branch has no activations at all, which
+    makes its four convolutions one affine map; fastdavs gives both uses the audio encoder's
+    LeakyReLUs.
     """
 
     def __init__(self, in_channels: int, widths: tuple[int, int, int, int], final_norm: bool):

@@ -1,0 +1,120 @@
+"""Video word-ID encoder E_w^v (spec/davs.md §1.2): one face frame -> one word-ID vector.
+
+A Face Alignment Network (FAN, Bulat & Tzimiropoulos 2017) truncated to one hourglass, whose
+landmark-heatmap layer feeds a small head: BN, ReLU, a stride-2 conv to one channel, flatten,
+ReLU, Linear. The audio word encoder maps MFCC windows into the same word-ID space. With the
+`paper` preset (256 px, width 1.0) the layer list is that of the original
+`network/FAN_feature_extractor.py` (`FanFusion`); other presets scale the channels with `cfg.ch`
+and the spatial sizes with `cfg.image_size`. Weights use PyTorch's default init, as the original.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdavs.config import DavsConfig
+
+
+def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+
+class FanConvBlock(nn.Module):
+    """FAN's pre-activation residual block: [N, C_in, H, W] -> [N, C_out, H, W].
+
+    Three chained BN-ReLU-conv3x3 steps with C_out/2, C_out/4 and C_out/4 outputs, concatenated,
+    plus the input (through BN-ReLU-conv1x1 when the channel count changes).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        half, quarter = out_channels // 2, out_channels // 4
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = _conv3x3(in_channels, half)
+        self.bn2 = nn.BatchNorm2d(half)
+        self.conv2 = _conv3x3(half, quarter)
+        self.bn3 = nn.BatchNorm2d(quarter)
+        self.conv3 = _conv3x3(quarter, quarter)
+        if in_channels == out_channels:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(
+                nn.BatchNorm2d(in_channels),
+                nn.ReLU(),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out1 = self.conv1(F.relu(self.bn1(x)))  # [N, C_out/2, H, W]
+        out2 = self.conv2(F.relu(self.bn2(out1)))  # [N, C_out/4, H, W]
+        out3 = self.conv3(F.relu(self.bn3(out2)))  # [N, C_out/4, H, W]
+        return torch.cat((out1, out2, out3), 1) + self.shortcut(x)  # [N, C_out, H, W]
+
+
+class Hourglass(nn.Module):
+    """FAN hourglass of `depth` levels at a fixed width: [N, C, H, W] -> [N, C, H, W].
+
+    Each level adds an upper branch (a block at full resolution) to a lower branch (max-pool,
+    block, the next level or a block at the bottom, block, upsample x2). As in the DAVS code
+    (not the FAN paper), the upper branch goes through Dropout(0.5) and the upsampling is
+    bilinear with align_corners=True (PyTorch 0.2's `F.upsample` behaviour).
+    """
+
+    def __init__(self, depth: int, channels: int):
+        super().__init__()
+        self.upper = FanConvBlock(channels, channels)
+        self.dropout = nn.Dropout(0.5)
+        self.down = FanConvBlock(channels, channels)
+        self.inner = (
+            Hourglass(depth - 1, channels) if depth > 1 else FanConvBlock(channels, channels)
+        )
+        self.up = FanConvBlock(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        upper = self.dropout(self.upper(x))  # [N, C, H, W]
+        lower = self.up(self.inner(self.down(F.max_pool2d(x, 2))))  # [N, C, H/2, W/2]
+        lower = F.interpolate(lower, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return upper + lower
+
+
+class VideoWordEncoder(nn.Module):
+    """E_w^v: frames [N, 3, S, S] in [0, 1] -> word-ID vectors [N, word_dim]."""
+
+    def __init__(self, cfg: DavsConfig):
+        super().__init__()
+        ch = cfg.ch
+        # Trunk up to the heatmaps. Convs directly followed by BatchNorm (the heatmap layer's is
+        # the head's) are bias-free: the BN cancels a bias, and an original checkpoint's bias
+        # folds into `running_mean`.
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, ch(64), 7, stride=2, padding=3, bias=False),  # -> S/2
+            nn.BatchNorm2d(ch(64)),
+            nn.ReLU(),
+            FanConvBlock(ch(64), ch(128)),
+            nn.MaxPool2d(2),  # -> S/4
+            FanConvBlock(ch(128), ch(128)),
+            FanConvBlock(ch(128), ch(256)),
+        )
+        self.hourglass = Hourglass(cfg.hourglass_depth, ch(256))
+        self.top = nn.Sequential(
+            FanConvBlock(ch(256), ch(256)),
+            nn.Conv2d(ch(256), ch(256), 1, bias=False),
+            nn.BatchNorm2d(ch(256)),
+            nn.ReLU(),
+            nn.Conv2d(ch(256), cfg.num_landmarks, 1, bias=False),  # the heatmap layer
+        )
+        # Head: heatmaps -> one S/8 x S/8 map -> word-ID vector.
+        self.head_norm = nn.BatchNorm2d(cfg.num_landmarks)
+        self.head_conv = nn.Conv2d(cfg.num_landmarks, 1, 3, stride=2, padding=1)
+        self.fc = nn.Linear((cfg.image_size // 8) ** 2, cfg.word_dim)
+
+    def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
+        """Landmark-heatmap layer: [N, 3, S, S] -> [N, num_landmarks, S/4, S/4]."""
+        return self.top(self.hourglass(self.stem(frames)))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.head_norm(self.heatmaps(frames)))  # [N, L, S/4, S/4]
+        x = self.head_conv(x).flatten(1)  # [N, 1, S/8, S/8] -> [N, (S/8)^2]
+        return self.fc(F.relu(x))  # [N, word_dim]
