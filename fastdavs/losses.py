@@ -1,0 +1,245 @@
+"""Reference implementations of the DAVS training losses (spec/davs.md §2), in plain PyTorch.
+
+Where they sit in the data flow: the training step (stage pid -> wid -> gen) runs the encoders,
+the generator and the discriminators, then calls these functions on their outputs and weights
+the results with `LossWeights`. Weights belong to the caller, except for `reconstruction_loss`,
+whose two terms are weighted inside as in the original. Nothing here sums a total.
+
+- wid space:   `contrastive_loss` (audio <-> video sequence embeddings), `modality_*_loss`
+               (audio-vs-video discriminator, GAN-style label flip for the encoders);
+- disentangle: `uniform_softmax_loss` (pid -> word and wid -> person adversaries, encoder step);
+- frames:      `reconstruction_loss`, `smoothness_loss`, `gan_loss`.
+The word classifier and the adversaries' classifier step use `F.cross_entropy` directly.
+
+Conventions. Images are RGB in [0, 1]; the reconstruction loss is computed on the 0-255 scale
+(fake*255 vs real*255) as the original does, and the smoothness loss on the [0, 1] scale, as the
+original's `G_x_loss` does, so that `LossWeights` (the original `Options.py` values) keep their
+meaning. Discriminators and classifiers output logits, so the binary losses use
+`binary_cross_entropy_with_logits`, which equals the original sigmoid + BCE but stays exact for
+large |logit| (in float32 the sigmoid form saturates near |logit| 17 and PyTorch's BCE clamps
+log at -100). Every function returns a 0-d tensor of the input's dtype on the input's device and
+is differentiable; float16/bfloat16 inputs are computed in float32 and the result cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastdavs.config import LossWeights
+
+Box = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels, as DavsConfig.mouth_box_px
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """`x` in at least float32: the losses accumulate over many elements."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _bce(
+    logits: torch.Tensor,
+    real: bool,
+    soft: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`gan_loss` before the cast back to the input dtype, so that sums round once."""
+    x = _wide(logits)
+    if soft > 0:
+        device = generator.device if generator is not None else x.device
+        u = torch.rand(x.shape, generator=generator, device=device).to(x)
+        target = 1 - soft * u if real else soft * u
+    else:
+        target = torch.full_like(x, 1.0 if real else 0.0)
+    return F.binary_cross_entropy_with_logits(x, target)
+
+
+# ---- word-ID space --------------------------------------------------------------------------
+def contrastive_loss(
+    audio_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    margin: float = LossWeights.contrastive_margin,
+) -> torch.Tensor:
+    """L2 contrastive loss between paired audio and video sequence embeddings (`L2ContrastiveLoss`).
+
+    Args:
+        audio_emb: [B, D] or [B, T, D] (flattened to [B, T*D], e.g. 12 x 256 = 3072).
+        video_emb: same shape as `audio_emb`; row i is paired with audio row i.
+        margin: negatives closer than this are pushed apart.
+
+    Rows are L2-normalised, d_ij = ||v_i - a_j|| (video row i, audio column j) and
+        loss = (sum_i d_ii^2 + sum_{i != j} max(0, margin - d_ij)^2) / (2B),
+    so every in-batch non-matching pair is a negative. The positive term uses the squared
+    distance directly, and the negatives take sqrt(max(d^2, eps^2)) with eps the dtype's machine
+    epsilon: the gradient of sqrt at 0 would be infinite (NaN after the chain rule), and a floor
+    of one ulp of 1.0 leaves the value unchanged at the dtype's precision. Gradients are finite
+    for B = 1 and for identical rows. The original detaches the video side during generation
+    training; that is the caller's choice (pass `video_emb.detach()`). Memory is O(B^2 * D):
+    this is the definition the fused kernel is tested against, not the fast path.
+
+    Returns: 0-d tensor.
+    """
+    if audio_emb.shape != video_emb.shape or audio_emb.dim() < 2:
+        raise ValueError(
+            f"contrastive_loss: audio {tuple(audio_emb.shape)} and video "
+            f"{tuple(video_emb.shape)} must have the same [B, D] or [B, T, D] shape"
+        )
+    a = F.normalize(_wide(audio_emb).flatten(1), dim=1)  # [B, D]
+    v = F.normalize(_wide(video_emb).flatten(1), dim=1)  # [B, D]
+    b = a.shape[0]
+    sq = (v[:, None, :] - a[None, :, :]).pow(2).sum(-1)  # [B, B] squared distances d_ij^2
+    eps = torch.finfo(sq.dtype).eps
+    dist = sq.clamp(min=eps * eps).sqrt()  # [B, B]
+    eye = torch.eye(b, dtype=torch.bool, device=sq.device)
+    negatives = (margin - dist).clamp(min=0).pow(2).masked_fill(eye, 0).sum()
+    positives = sq.diagonal().sum()
+    return ((positives + negatives) / (2 * b)).to(audio_emb.dtype)
+
+
+def modality_discriminator_loss(
+    d_audio_logits: torch.Tensor, d_video_logits: torch.Tensor
+) -> torch.Tensor:
+    """Discriminator step of the modality adversary: 0.5 * [BCE(D(f_a), 1) + BCE(D(f_v), 0)].
+
+    Args:
+        d_audio_logits: [...] logits of the modality discriminator on audio word-ID features
+            (per frame, e.g. [B, T, 1]); audio is the "real" class.
+        d_video_logits: [...] logits on video word-ID features; video is the "fake" class.
+
+    Returns: 0-d tensor; each BCE is a mean over its elements.
+    """
+    loss = 0.5 * (_bce(d_audio_logits, True) + _bce(d_video_logits, False))
+    return loss.to(d_audio_logits.dtype)
+
+
+def modality_flip_loss(d_audio_logits: torch.Tensor, d_video_logits: torch.Tensor) -> torch.Tensor:
+    """Encoder step of the modality adversary: BCE(D(f_a), 0) + BCE(D(f_v), 1).
+
+    The labels are flipped GAN-style (not a gradient reversal layer), so both encoders are
+    pushed towards features the discriminator assigns to the other modality. Shapes as in
+    `modality_discriminator_loss`. Returns: 0-d tensor.
+    """
+    loss = _bce(d_audio_logits, False) + _bce(d_video_logits, True)
+    return loss.to(d_audio_logits.dtype)
+
+
+# ---- disentanglement adversaries ------------------------------------------------------------
+def uniform_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
+    """MSE between softmax(logits) and the uniform distribution 1/K (`L2SoftmaxLoss`).
+
+    The encoder step of the pid -> word and wid -> person adversaries: the encoder is trained
+    so that the adversary's class posterior is uniform (used with weight 1e6).
+
+    Args:
+        logits: [N, K] classifier logits.
+
+    Returns: 0-d tensor, the mean over all N*K elements.
+    """
+    p = _wide(logits).softmax(dim=1)  # [N, K]
+    return F.mse_loss(p, torch.full_like(p, 1.0 / p.shape[1])).to(logits.dtype)
+
+
+# ---- frames ---------------------------------------------------------------------------------
+def mouth_mask(
+    height: int,
+    width: int,
+    box: Box,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """[H, W] mask: 1 inside rows top:bottom and columns left:right of `box`, 0 elsewhere.
+
+    `box` is (top, bottom, left, right) in pixels, e.g. `DavsConfig.mouth_box_px`
+    ((170, 234, 64, 192) at 256 px).
+    """
+    top, bottom, left, right = box
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(
+            f"mouth box {box}: need 0 <= top < bottom <= {height} and 0 <= left < right <= {width}"
+        )
+    mask = torch.zeros(height, width, device=device, dtype=dtype)
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
+def reconstruction_loss(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    mouth_box: Box,
+    weight: float = LossWeights.reconstruction,
+    mouth_weight: float = LossWeights.reconstruction_mouth,
+) -> torch.Tensor:
+    """Weighted L1 of generated frames to the real ones, with extra weight on the mouth.
+
+        weight * L1(fake*255, real*255) + mouth_weight * L1(fake*m*255, real*m*255)
+
+    with m the `mouth_mask`. Both L1 terms are means over every element of the image, the mouth
+    term included (as the original, which multiplies by the mask rather than cropping), so the
+    mouth term is the mouth error scaled by the box's share of the frame.
+
+    Args:
+        fake, real: [..., 3, H, W] in [0, 1] (e.g. [B, T, 3, H, W]).
+        mouth_box: (top, bottom, left, right) pixels, e.g. `DavsConfig.mouth_box_px`.
+        weight, mouth_weight: lambda_A and lambda_B of the original (4 and 8).
+
+    Returns: 0-d tensor (0-255 scale).
+    """
+    f, r = _wide(fake) * 255, _wide(real) * 255
+    m = mouth_mask(f.shape[-2], f.shape[-1], mouth_box, device=f.device, dtype=f.dtype)
+    loss = weight * F.l1_loss(f, r) + mouth_weight * F.l1_loss(f * m, r * m)
+    return loss.to(fake.dtype)
+
+
+def smoothness_loss(fake: torch.Tensor, identity: torch.Tensor, mouth_box: Box) -> torch.Tensor:
+    """Temporal smoothness outside the mouth box (the original's `G_x_loss`).
+
+        sum_t mean_{b,c,h,w} |(fake_t - prev_t) * (1 - m)|,  prev_0 = identity, prev_t = fake_{t-1}
+
+    As in the original: the [0, 1] scale (not 0-255), a sum over frames of per-frame means over
+    the whole image, and prev (the identity image included) is detached, so each frame is
+    pulled towards the one before it and not the other way round. The caller applies the
+    weight (5).
+
+    Args:
+        fake: [B, T, 3, H, W] generated frames in [0, 1].
+        identity: [B, 3, H, W] the identity image the clip is generated from.
+        mouth_box: (top, bottom, left, right) pixels, e.g. `DavsConfig.mouth_box_px`.
+
+    Returns: 0-d tensor.
+    """
+    if fake.dim() != 5 or identity.shape != fake.shape[:1] + fake.shape[2:]:
+        raise ValueError(
+            f"smoothness_loss: fake {tuple(fake.shape)} must be [B, T, 3, H, W] and identity "
+            f"{tuple(identity.shape)} the matching [B, 3, H, W]"
+        )
+    f = _wide(fake)
+    prev = torch.cat([_wide(identity)[:, None], f[:, :-1]], dim=1).detach()  # [B, T, 3, H, W]
+    outside = 1 - mouth_mask(f.shape[-2], f.shape[-1], mouth_box, device=f.device, dtype=f.dtype)
+    per_frame = ((f - prev) * outside).abs().mean(dim=(0, 2, 3, 4))  # [T]
+    return per_frame.sum().to(fake.dtype)
+
+
+def gan_loss(
+    logits: torch.Tensor,
+    real: bool,
+    soft: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Vanilla GAN loss: mean BCE-with-logits against the target "real" (1) or "fake" (0).
+
+    Args:
+        logits: [...] discriminator logits (a patch map, a sync score, ...).
+        real: whether the target is the real class.
+        soft: with soft > 0 the targets are softened per element: real = 1 - U(0, soft),
+            fake = U(0, soft) (the original uses 0.1 for the discriminator step).
+        generator: draws the soft labels (on its own device, then moved to `logits`'s);
+            None uses the global RNG of `logits`'s device.
+
+    Soft labels are drawn afresh on every call and per element. The original's `GANLoss` draws
+    one scalar per label tensor and caches that tensor, so its softening is drawn only once per
+    run and then frozen: a bug, not reproduced here.
+
+    Returns: 0-d tensor.
+    """
+    if not 0.0 <= soft < 1.0:
+        raise ValueError(f"gan_loss: soft={soft} must be in [0, 1)")
+    return _bce(logits, real, soft, generator).to(logits.dtype)
