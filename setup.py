@@ -37,6 +37,7 @@ setup(
     packages=[
         "fastdavs",
         "fastdavs.model",
+        "fastdavs.data",
         "fastdavs.kernels",
         "fastdavs.engines",
     ],

@@ -11,3 +11,7 @@ class FastdavsError(Exception):
 
 class NotImplementedYet(FastdavsError):
     """A command or option that a later issue delivers."""
+
+
+class DataError(FastdavsError):
+    """A media or data file cannot be used (unreadable, no audio, too short, no face...)."""
