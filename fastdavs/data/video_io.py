@@ -1,0 +1,387 @@
+"""Reading and writing talking-face media with PyAV: mp4 (H.264 + AAC) and audio-only files.
+
+Data flow: `read_clip` is the first step of the pipeline (DESIGN.md, Data flow): an LRW-layout mp4
+becomes RGB frames plus 16 kHz mono float audio aligned to them, which `fastdavs.audio` turns into
+MFCC windows. `write_mp4` is the last step of generation and what SynthLRW writes its clips with.
+
+The sync contract, relied on by the MFCC windows (frame l <-> audio around l / fps):
+- frame k of a `Clip` is the one displayed at k / fps after the first frame;
+- audio sample n of a `Clip` is heard at n / sample_rate after the first frame is displayed: the
+  audio is shifted by the difference between the first audio and video timestamps (zeros are
+  prepended when the audio starts late, leading samples dropped when it starts early);
+- its length is exactly round(T / fps * sample_rate) samples (the duration of the frames), padded
+  with zeros or trimmed at the end. The original drops "the last 600 samples" for LRW for the same
+  reason (spec/davs.md §3.3); here the video's duration decides.
+A damaged or truncated file raises `DataError` rather than giving a shorter clip: a cut-off
+download is to be reported and skipped, not trained on as if it were whole.
+
+AAC's encoder priming (1024 samples) needs no handling: the mp4 muxer writes an edit list that
+the demuxer turns into skip-samples, so the first decoded audio frame has time 0, and a click
+written at time t is decoded at t (to the sample, measured; tests/test_video_io.py allows 2 ms).
+The first decoded frame's timestamp is what counts, not `stream.start_time`, which counts the
+discarded priming packet: for audio that starts after the video it is 1024 samples (64 ms at
+16 kHz) early.
+
+Audio of any rate, layout and sample format goes through one `av.AudioResampler` (libswresample)
+to float mono, mixed like `ffmpeg -ar 16000 -ac 1` to the s16 wav that the original reads: the mix
+matrix is normalised to unit gain (``rematrix_maxval=1``), so stereo becomes (L + R) / 2. The
+result is clipped to [-1, 1]: AAC decoding overshoots full scale slightly, and
+`fastdavs.audio.mfcc` tells float audio from int16-range audio by its peak, so an overshoot must
+not reach it. Dimension letters: T frames, H/W height/width, S samples.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from fastdavs.audio import SAMPLE_RATE
+from fastdavs.errors import DataError
+
+VIDEO_CODEC = "libx264"  # PyAV's wheels bundle FFmpeg with libx264 (and no libopenh264)
+AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (no libfdk_aac in the wheels)
+# FFmpeg's default "twoloop" coder is 2-3x slower than "fast" and, at 16 kHz mono, no closer to the
+# input (measured: SNR and MFCC error of a speech-like signal).
+AUDIO_OPTIONS = {"aac_coder": "fast"}
+AUDIO_BIT_RATE = 96_000  # bit/s; more changes nothing measurable at 16 kHz mono
+
+
+@dataclass
+class Clip:
+    """A decoded talking-face clip.
+
+    Attributes:
+        frames: uint8 RGB, shape `(T, H, W, 3)`; frame k is displayed at k / fps.
+        audio: float32 mono in [-1, 1], shape `(S,)` with S = round(T / fps * sample_rate),
+            sample 0 at the start of frame 0; None when the file has no audio track and it was
+            read with ``require_audio=False``.
+        fps: frames per second (the stream's average rate; LRW is 25).
+        path: the file it was read from.
+        sample_rate: rate of `audio` in Hz.
+    """
+
+    frames: np.ndarray
+    audio: np.ndarray | None
+    fps: float
+    path: Path
+    sample_rate: int = SAMPLE_RATE
+
+
+def read_clip(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    require_audio: bool = True,
+    min_frames: int = 1,
+) -> Clip:
+    """Decode every video frame and the first audio track of a media file (see the sync contract
+    in this module's docstring).
+
+    Args:
+        path (str or PathLike): an mp4 (or anything FFmpeg reads) with a video stream.
+        sample_rate (int, optional): rate to resample the audio to, Hz. (Default: 16000)
+        require_audio (bool, optional): raise if the file has no audio track; when False such a
+            file gives ``audio=None`` (not silence, which would pass for speech features).
+            (Default: True)
+        min_frames (int, optional): raise if fewer frames decode. 6 frames at 25 fps are the
+            fewest that give one MFCC window (3440 samples). (Default: 1)
+
+    Returns:
+        Clip: frames `(T, H, W, 3)` uint8 RGB, audio `(S,)` float32 or None, fps, path.
+
+    Raises:
+        DataError: the file is missing, empty, not a media file, damaged or truncated, has no
+            video stream, has no audio track (with ``require_audio``), or has < `min_frames`.
+    """
+    return _read(
+        path, sample_rate, decode_audio=True, require_audio=require_audio, min_frames=min_frames
+    )
+
+
+def read_video_frames(path: str | os.PathLike, *, min_frames: int = 1) -> np.ndarray:
+    """Every video frame of a file as uint8 RGB `(T, H, W, 3)`; any audio is not decoded.
+
+    Raises:
+        DataError: as `read_clip` (a missing audio track is not an error here).
+    """
+    return _read(
+        path, SAMPLE_RATE, decode_audio=False, require_audio=False, min_frames=min_frames
+    ).frames
+
+
+def _read(
+    path: str | os.PathLike,
+    sample_rate: int,
+    *,
+    decode_audio: bool,
+    require_audio: bool,
+    min_frames: int,
+) -> Clip:
+    """`read_clip`, or `read_video_frames` when not `decode_audio` (then `audio` is None)."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if container.streams.audio else None
+        if astream is None and require_audio:
+            raise DataError(
+                f"{path}: has no audio track; use a clip with its sound (LRW mp4s carry it), "
+                "or mux one in: ffmpeg -i VIDEO -i AUDIO -c:v copy -c:a aac OUT.mp4"
+            )
+        if not decode_audio:
+            astream = None
+        fps = _frame_rate(path, vstream)
+        frames, v_start, audio, a_start = _decode(path, container, vstream, astream, sample_rate)
+    if len(frames) < min_frames:
+        raise DataError(
+            f"{path}: has {len(frames)} video frames, at least {min_frames} are needed; "
+            "skip this clip or use a longer one"
+        )
+    if audio is not None:
+        shift = round((a_start - v_start) * sample_rate)
+        audio = _align(audio, shift, len(frames), fps, sample_rate)
+    return Clip(frames=frames, audio=audio, fps=fps, path=path, sample_rate=sample_rate)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The first audio track of any file FFmpeg decodes (wav of any bit depth, mp3, m4a, flac,
+    ogg, or a video's sound), resampled to float32 mono in [-1, 1].
+
+    Sample 0 is the first decoded sample (no alignment to a video stream; use `read_clip` for
+    clips). Encoder delays that the container declares (mp3 LAME headers, AAC edit lists) are
+    already removed by the demuxer; a lossy codec's end padding may remain (AAC in m4a: up to
+    one 1024-sample frame of near-silence at the end).
+
+    Args:
+        path (str or PathLike): the audio (or video) file.
+        sample_rate (int, optional): output rate in Hz. (Default: 16000)
+
+    Returns:
+        ndarray: float32, shape `(S,)`.
+
+    Raises:
+        DataError: the file is missing, empty, not a media file, damaged, or has no audio track.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise DataError(f"{path}: has no audio track; pass an audio file (wav, mp3, m4a...)")
+        _, _, audio, _ = _decode(path, container, None, container.streams.audio[0], sample_rate)
+    return audio
+
+
+def write_mp4(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    audio: np.ndarray | None = None,
+    *,
+    fps: float = 25,
+    sample_rate: int = SAMPLE_RATE,
+    crf: int = 18,
+    preset: str = "superfast",
+    threads: int = 1,
+) -> Path:
+    """Write an mp4 that plays anywhere: H.264 (libx264, yuv420p) video, AAC mono audio, moov
+    atom first (``movflags=+faststart``).
+
+    The file appears atomically: it is encoded to a hidden temporary name in the same directory
+    and renamed over `path` at the end; on any error the temporary file is removed and whatever
+    was at `path` before is left untouched. After `read_clip`, frame k is displayed at k / fps
+    and audio written at time t is heard at t (the AAC priming is hidden by an edit list).
+
+    Args:
+        path (str or PathLike): output file; its directory must exist.
+        frames (ndarray): uint8 RGB, shape `(T, H, W, 3)`, H and W even (yuv420p halves chroma).
+        audio (ndarray or None, optional): float mono in [-1, 1] (clipped), shape `(S,)`, at
+            `sample_rate`; sample 0 plays with frame 0. None writes no audio track.
+            (Default: None)
+        fps (float, optional): frame rate. (Default: 25)
+        sample_rate (int, optional): rate of `audio`, kept in the file. (Default: 16000)
+        crf (int, optional): x264 constant rate factor, 0 (lossless) .. 51; 18 is visually
+            lossless. (Default: 18)
+        preset (str, optional): x264 speed preset; "superfast" encodes 256x256 frames ~2x
+            faster than "veryfast" for 1.5-2x the bytes at the same crf. (Default: ``"superfast"``)
+        threads (int, optional): x264 threads, 0 for automatic. One thread is the fastest for
+            short clips (x264's thread start-up costs more than it saves on 29 small frames);
+            write many clips in parallel processes instead. (Default: 1)
+
+    Returns:
+        Path: `path`.
+
+    Raises:
+        DataError: no such directory, frames or audio of the wrong shape or dtype, or odd H or W.
+    """
+    path = Path(path)
+    _check_writable(path, frames, audio)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
+    try:
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+            x264 = {"preset": preset, "crf": str(crf), "threads": str(threads)}
+            _encode(container, frames, audio, fps, sample_rate, x264)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    """`av.open` with the usual failures turned into DataErrors that say what to do."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path (LRW: ROOT/WORD/SPLIT/WORD_*.mp4)")
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file; pass a media file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: is empty (0 bytes); re-download or re-create it")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as e:
+        raise DataError(
+            f"{path}: is not a readable media file ({e.strerror}); re-download or re-encode it, "
+            "e.g. ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4"
+        ) from e
+
+
+def _frame_rate(path: Path, vstream: av.VideoStream) -> float:
+    rate = vstream.average_rate or vstream.guessed_rate
+    if not rate:
+        raise DataError(f"{path}: the video stream has no frame rate; re-encode it with -r 25")
+    return float(rate)
+
+
+def _decode(
+    path: Path,
+    container: av.container.InputContainer,
+    vstream: av.VideoStream | None,
+    astream: av.AudioStream | None,
+    sample_rate: int,
+) -> tuple[np.ndarray | None, float, np.ndarray | None, float]:
+    """Demux and decode the given streams in one pass.
+
+    Returns:
+        frames `(T, H, W, 3)` uint8 or None, time of the first frame (s), audio `(S,)` float32
+        or None, time of the first audio sample (s).
+    """
+    frames: list[np.ndarray] = []
+    chunks: list[np.ndarray] = []
+    v_start = a_start = None
+    n_packets = 0  # video packets, to detect a file cut at a packet boundary
+    # `frame.to_ndarray(format="rgb24")` builds a libswscale context with a thread pool per frame,
+    # which costs >10x more than decoding a 128x128 frame; one context per clip, one thread.
+    reformatter = VideoReformatter()
+    resampler = av.AudioResampler(
+        format="flt", layout="mono", rate=sample_rate, options={"rematrix_maxval": "1.0"}
+    )
+    try:
+        for packet in container.demux([s for s in (vstream, astream) if s is not None]):
+            if packet.stream is vstream and packet.size:
+                n_packets += 1
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    v_start = frame.time if v_start is None else v_start
+                    rgb = reformatter.reformat(frame, format="rgb24", threads=1)
+                    frames.append(rgb.to_ndarray())
+                else:
+                    a_start = frame.time if a_start is None else a_start
+                    chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        if astream is not None:
+            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+    except av.FFmpegError as e:
+        raise DataError(
+            f"{path}: is damaged or truncated ({e.strerror}); re-download or re-encode it"
+        ) from e
+    if vstream is not None and n_packets < vstream.frames:
+        raise DataError(
+            f"{path}: is truncated ({n_packets} of {vstream.frames} video frames present); "
+            "re-download or re-encode it"
+        )
+    if vstream is not None and not frames:
+        raise DataError(f"{path}: has a video stream with no frames; skip this clip")
+    video = np.stack(frames) if vstream is not None else None  # [T, H, W, 3]
+    audio = None
+    if astream is not None:
+        audio = np.clip(np.concatenate(chunks or [np.zeros(0, np.float32)]), -1.0, 1.0)
+    return video, v_start or 0.0, audio, a_start or 0.0
+
+
+def _align(
+    audio: np.ndarray, shift: int, n_frames: int, fps: float, sample_rate: int
+) -> np.ndarray:
+    """Shift `audio` right by `shift` samples (left when negative) so sample 0 is the start of
+    frame 0, then pad with zeros or trim to round(n_frames / fps * sample_rate) samples."""
+    audio = np.pad(audio, (shift, 0)) if shift > 0 else audio[-shift:]
+    n = round(n_frames / fps * sample_rate)
+    return np.pad(audio[:n], (0, max(0, n - len(audio))))
+
+
+def _check_writable(path: Path, frames: np.ndarray, audio: np.ndarray | None) -> None:
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: the directory {path.parent} does not exist; create it first")
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
+        raise DataError(
+            f"{path}: frames must be uint8 RGB of shape [T, H, W, 3], got {_desc(frames)}"
+        )
+    t, h, w, c = frames.shape
+    if c != 3 or t == 0:
+        raise DataError(
+            f"{path}: frames must be uint8 RGB of shape [T, H, W, 3], got {_desc(frames)}"
+        )
+    if h % 2 or w % 2:
+        raise DataError(
+            f"{path}: H.264 in yuv420p needs an even height and width, got {h}x{w}; "
+            "crop or pad the frames by one pixel"
+        )
+    if audio is not None and (
+        not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.dtype.kind != "f"
+    ):
+        raise DataError(
+            f"{path}: audio must be a float mono waveform of shape [S], got {_desc(audio)}"
+        )
+
+
+def _desc(x) -> str:
+    return f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+
+
+def _encode(
+    container: av.container.OutputContainer,
+    frames: np.ndarray,
+    audio: np.ndarray | None,
+    fps: float,
+    sample_rate: int,
+    x264: dict[str, str],
+) -> None:
+    """Add the streams to `container` and encode `frames` [T, H, W, 3] and `audio` [S] into it."""
+    rate = Fraction(fps).limit_denominator(1001)
+    vstream = container.add_stream(VIDEO_CODEC, rate=rate)
+    vstream.height, vstream.width = frames.shape[1:3]
+    vstream.pix_fmt = "yuv420p"
+    vstream.options = x264
+    astream = None
+    if audio is not None:
+        astream = container.add_stream(AUDIO_CODEC, rate=sample_rate)
+        astream.layout = "mono"
+        astream.bit_rate = AUDIO_BIT_RATE
+        astream.options = AUDIO_OPTIONS
+    reformatter = VideoReformatter()  # one libswscale context per clip, as in `_decode`
+    for k, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = reformatter.reformat(frame, format="yuv420p", threads=1)
+        frame.pts = k  # in the stream's time base 1 / fps
+        container.mux(vstream.encode(frame))
+    container.mux(vstream.encode(None))
+    if astream is not None:
+        samples = np.clip(audio, -1.0, 1.0).astype(np.float32)[None]  # [1, S]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = 0  # plays with video frame 0
+        container.mux(astream.encode(frame))
+        container.mux(astream.encode(None))
