@@ -1,25 +1,193 @@
 """`fastdavs-prepare SRC OUT`: an LRW-layout tree of mp4 clips -> packed training shards.
 
-The command line is final; the preparation itself is delivered by issue 3.
+    SRC/WORD/{train,val,test}/WORD_00001.mp4 ──read_clip──► frames + 16 kHz audio
+        ──align_clip (sidecar landmarks or Haar)──► aligned frames 2..26
+        ──mfcc + mfcc_windows──► the 25 matching 20x12 windows ──ShardWriter──► OUT/<split>/shard_*
+
+Clips are cut into chunks of `CLIP_CAPACITY`; chunk k of a split always becomes shard k, so the
+work spreads over processes and a rerun skips every shard that is already complete. A clip that
+cannot be used (unreadable, no audio, too short, no face) is recorded with the reason and
+skipped; the run reports them at the end and keeps them in `OUT/index.json`.
+
+SynthLRW clips carry a `.json` sidecar with landmarks and the identity; other trees (real LRW)
+are aligned with OpenCV's Haar cascades and have no identity labels (-1).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
 
-from fastdavs.cli import add_config_args, run
-from fastdavs.errors import NotImplementedYet
+import numpy as np
+from tqdm import tqdm
+
+from fastdavs.cli import add_config_args, config_from_args, run
+from fastdavs.errors import DataError
 
 PROG = "fastdavs-prepare"
+SPLITS = ("train", "val", "test")
+CLIP_CAPACITY = 64  # clips per shard (about 20 MB at 64 px, 320 MB at 256 px)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path  # the mp4
+    clip_id: str  # path relative to SRC, for reports
+    word: int  # index into the vocabulary
+
+
+def discover(src: Path) -> tuple[list[str], dict[str, list[Source]]]:
+    """The vocabulary (sorted word folders: label = position) and the clips of each split."""
+    if not src.is_dir():
+        raise DataError(f"{src}: not a directory; give the root of an LRW-layout tree")
+    words = sorted(
+        d.name for d in src.iterdir() if d.is_dir() and any((d / s).is_dir() for s in SPLITS)
+    )
+    if not words:
+        raise DataError(
+            f"{src}: no LRW layout found (expected {src}/WORD/{{train,val,test}}/WORD_00001.mp4)"
+        )
+    splits: dict[str, list[Source]] = {s: [] for s in SPLITS}
+    for label, word in enumerate(words):
+        for split in SPLITS:
+            for mp4 in sorted((src / word / split).glob("*.mp4")):
+                splits[split].append(Source(mp4, str(mp4.relative_to(src)), label))
+    if not any(splits.values()):
+        raise DataError(f"{src}: the word folders hold no .mp4 clips")
+    return words, splits
+
+
+def identities_of(src: Path) -> list[str]:
+    """Identity names for SynthLRW (from its manifest); real LRW has none."""
+    from fastdavs.data.synth import MANIFEST, load_manifest
+
+    if not (src / MANIFEST).exists():
+        return []
+    return [f"synthlrw-{i['id']:03d}" for i in load_manifest(src)["identities"]]
+
+
+def prepare_clip(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """One clip -> (aligned frames uint8 [25, A, A, 3], MFCC windows float32 [25, 20, 12],
+    identity label or -1). Raises DataError for a clip that cannot be used."""
+    import torch
+
+    from fastdavs.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
+    from fastdavs.data.align import align_clip
+    from fastdavs.data.shards import FRAMES_PER_CLIP
+    from fastdavs.data.video_io import read_clip
+
+    last = FIRST_FRAME + FRAMES_PER_CLIP  # one past the last stored frame (27)
+    clip = read_clip(path, min_frames=last)
+    landmarks, identity = None, -1
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+            landmarks = np.asarray(meta["landmarks"], dtype=np.float32)  # [T, 5, 2]
+            identity = int(meta.get("identity", -1))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{sidecar}: unreadable landmark sidecar ({e})") from None
+        if landmarks.shape != (len(clip.frames), 5, 2):
+            raise DataError(
+                f"{sidecar}: landmarks of shape {landmarks.shape}, expected "
+                f"({len(clip.frames)}, 5, 2) for {len(clip.frames)} frames"
+            )
+    aligned = align_clip(clip.frames, image_size, landmarks, path)[FIRST_FRAME:last]
+    # The window of the last stored frame reaches 15 ms past a 29-frame clip's audio (LRW's
+    # tracks run longer; `read_clip` stops at the last frame): pad that tail with zeros.
+    steps = STEPS_PER_FRAME * (last - 1) + 12  # the window of frame l ends at MFCC step 4l + 12
+    need = WIN + HOP * (steps - 1)
+    audio = np.pad(clip.audio, (0, max(0, need - len(clip.audio))))
+    windows, first = mfcc_windows(mfcc(torch.from_numpy(audio)))  # [W, 20, 12], frames 2..
+    assert first == FIRST_FRAME
+    return aligned, windows[:FRAMES_PER_CLIP].numpy(), identity
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    split: str
+    shard: int
+    sources: tuple[Source, ...]
+
+
+def _prepare_chunk(args: tuple[_Chunk, Path, int]) -> tuple[int, int]:
+    """Write one shard from one chunk of clips; returns (clips added, clips skipped)."""
+    from fastdavs.data.align import aligned_size
+    from fastdavs.data.shards import ShardWriter
+
+    chunk, out, image_size = args
+    added = skipped = 0
+    writer = ShardWriter(out / chunk.split, aligned_size(image_size), CLIP_CAPACITY, chunk.shard)
+    with writer:
+        for src in chunk.sources:
+            try:
+                frames, windows, identity = prepare_clip(src.path, image_size)
+            except DataError as e:
+                writer.skip(src.clip_id, str(e))
+                skipped += 1
+                continue
+            writer.add(frames, windows, src.word, identity, src.clip_id)
+            added += 1
+    return added, skipped
+
+
+def _init_worker() -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)  # one process per core
+    torch.set_num_threads(1)
+
+
+def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | None = None):
+    """Prepare every split of `src` into `out` (resumable) and return the written ShardIndex."""
+    from fastdavs.data.align import aligned_size
+    from fastdavs.data.shards import complete_shards, remove_stale_tmp, shard_name, write_index
+
+    src, out = Path(src), Path(out)
+    words, splits = discover(src)
+    identities = identities_of(src)
+    chunks = []
+    for split, sources in splits.items():
+        remove_stale_tmp(out / split)
+        done = {d.name for d in complete_shards(out / split)}
+        for k in range(0, len(sources), CLIP_CAPACITY):
+            shard = k // CLIP_CAPACITY
+            if shard_name(shard) not in done:
+                chunks.append(_Chunk(split, shard, tuple(sources[k : k + CLIP_CAPACITY])))
+    total = sum(len(c.sources) for c in chunks)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
+    items = [(c, out, image_size) for c in chunks]
+    with tqdm(total=total, desc="prepare", unit="clip", dynamic_ncols=True) as bar:
+        if workers == 1:
+            _init_worker()
+            for item in items:
+                bar.update(sum(_prepare_chunk(item)))
+        else:
+            with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+                for n in pool.imap_unordered(_prepare_chunk, items):
+                    bar.update(sum(n))
+    return write_index(
+        out,
+        image_size=image_size,
+        aligned_size=aligned_size(image_size),
+        vocabulary=words,
+        identities=identities,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Decode, align and pack an LRW-layout tree (ROOT/WORD/{train,val,test}/"
-        "WORD_00001.mp4) into memory-mappable shards at the preset's resolution.",
+        "WORD_00001.mp4) into memory-mappable shards at the preset's resolution. A rerun "
+        "skips the shards that are already complete.",
     )
     parser.add_argument("src", metavar="SRC", help="root of the LRW-layout tree")
     parser.add_argument("out", metavar="OUT", help="output directory for the shards")
@@ -29,8 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(argv: Sequence[str] | None) -> None:
-    build_parser().parse_args(argv)
-    raise NotImplementedYet("data preparation is not implemented yet (issue 3: data)")
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    index = prepare(args.src, args.out, cfg.image_size, args.workers)
+    for split, entry in index.splits.items():
+        print(f"{split}: {entry['clips']} clips in {len(entry['shards'])} shards")
+    if index.skipped:
+        print(f"skipped {len(index.skipped)} clips:")
+        for s in index.skipped:
+            print(f"  {s['clip']}: {s['reason']}")
+    print(f"index: {Path(args.out) / 'index.json'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
