@@ -19,10 +19,9 @@ COMMANDS = {
     "fastdavs-build-engine": "fastdavs.engines.build",
     "fastdavs-eval": "fastdavs.eval",
 }
-# Minimal valid arguments for each command, to reach its body.
-ARGS = {
+# Minimal valid arguments for each command not built yet, to reach its body.
+UNBUILT = {
     "fastdavs-train": ["--steps", "1"],
-    "fastdavs-prepare": ["src", "out"],
     "fastdavs-generate": ["--face", "f.png", "--audio", "a.wav", "-o", "o.mp4"],
     "fastdavs-build-engine": ["--checkpoint", "ckpt", "--out", "eng"],
     "fastdavs-eval": ["runs/x"],
@@ -48,14 +47,23 @@ def test_help_exits_zero_both_ways(name):
         assert f"usage: {name}" in result.stdout
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("name", sorted(UNBUILT))
 def test_unbuilt_command_says_so_in_one_line(name):
-    result = _run([sys.executable, "-m", COMMANDS[name], *ARGS[name]])
+    result = _run([sys.executable, "-m", COMMANDS[name], *UNBUILT[name]])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"{name}: error: ") and "not implemented yet" in lines[0]
+
+
+def test_prepare_of_a_missing_tree_is_one_line(tmp_path):
+    result = _run([_script("fastdavs-prepare"), str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"fastdavs-prepare: error: {tmp_path / 'nowhere'}: not a directory; "
+        "give the root of an LRW-layout tree"
+    )
 
 
 def test_bad_config_flag_is_one_line():

@@ -208,6 +208,30 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None) -> P
     return manifest
 
 
+def preview(cfg: SynthConfig, path: str | Path, identities: int = 8, frames: int = 7) -> Path:
+    """A PNG grid: one row per identity (the first training ones, then held-out ones), each
+    saying word 0 (take 0), every fourth frame from frame 2."""
+    import cv2
+
+    rows = sorted(
+        {
+            *range(min(identities // 2, cfg.identities)),
+            *range(cfg.identities)[::-1][: identities - identities // 2],
+        }
+    )
+    tiles = []
+    for identity in rows:
+        ex = render_example(cfg, identity, 0, 0)
+        tiles.append(np.concatenate(list(ex.frames[2 : 2 + 4 * frames : 4]), axis=1))
+    grid = np.concatenate(tiles, axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    os.replace(tmp, path)
+    return path
+
+
 def _init_worker() -> None:
     import cv2
 
@@ -232,7 +256,9 @@ def _main(argv: Sequence[str] | None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m fastdavs.data.synth", description="Write a SynthLRW data set."
     )
-    parser.add_argument("--out", required=True, metavar="DIR")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="DIR", help="write the data set here")
+    target.add_argument("--preview", metavar="PNG", help="only write a grid of sample frames")
     for f in dataclasses.fields(SynthConfig):
         parser.add_argument(
             "--" + f.name.replace("_", "-"), type=int, default=getattr(defaults, f.name)
@@ -240,6 +266,9 @@ def _main(argv: Sequence[str] | None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
     cfg = SynthConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)})
+    if args.preview:
+        print(f"wrote {preview(cfg.validate(), args.preview)}")
+        return
     manifest = generate(cfg, args.out, args.workers)
     print(f"SynthLRW: {load_manifest(args.out)['clips']} clips, manifest {manifest}")
 
