@@ -1,0 +1,158 @@
+"""The losses of the three DAVS training stages, composed from the model and `fastdavs.losses`.
+
+    pid  identity pretraining:   CE(IdentityClassifier(E_p(frame)), person)
+    wid  shared word space:      CE_a + CE_v (shared classifier) + contrastive + modality flip;
+                                 D side: the modality discriminator
+    gen  joint generation:       everything of spec/davs.md §2.8 (G) and its D side
+
+Each stage is one `forward` (the shared activations) then a discriminator-side loss on detached
+activations and a generator-side loss; the trainer steps D first, then G, as the original
+`optimize_parameters`. A batch is what `fastdavs.data.dataset.DavsDataset` yields (collated):
+identity [B,3,S,S], frames [B,L,3,S,S], mfcc [B,L,20,12], gen_start [B], adv_frames [B,P,3,S,S],
+word [B], identity_label [B] (-1 where unknown). Every loss function returns (loss, parts), where
+parts maps a loss name to its unweighted value (detached), for logging.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from fastdavs.data.dataset import take_run
+from fastdavs.losses import (
+    contrastive_loss,
+    gan_loss,
+    modality_discriminator_loss,
+    modality_flip_loss,
+    reconstruction_loss,
+    smoothness_loss,
+    uniform_softmax_loss,
+)
+from fastdavs.model import DavsModel, IdentityFeatures
+
+STAGES = ("pid", "wid", "gen")
+SOFT_LABELS = 0.1  # discriminator targets: real 1 - U(0, 0.1), fake U(0, 0.1)
+
+Parts = dict[str, torch.Tensor]
+
+
+def _sum(weighted: list[tuple[float, str, torch.Tensor]]) -> tuple[torch.Tensor, Parts]:
+    """sum of weight * value, skipping zero weights; parts keep the unweighted values."""
+    total = sum(w * v for w, _, v in weighted if w)
+    return total, {name: v.detach() for _, name, v in weighted}
+
+
+def _person_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the items whose identity is known (label >= 0); 0 if none is."""
+    known = labels >= 0
+    if not known.any():
+        return logits.sum() * 0
+    return F.cross_entropy(logits[known], labels[known])
+
+
+# ---- pid ---------------------------------------------------------------------------------------
+def pid_loss(model: DavsModel, batch: dict) -> tuple[torch.Tensor, Parts]:
+    """Identity classification of the identity frame and the adversary frames of each clip."""
+    frames = torch.cat((batch["identity"][:, None], batch["adv_frames"]), 1)  # [B, 1+P, 3, S, S]
+    labels = batch["identity_label"][:, None].expand(frames.shape[:2]).flatten()
+    logits = model.identity_classifier(model.encode_identity(frames.flatten(0, 1)).vec)
+    ce = _person_ce(logits, labels)
+    return ce, {"pid_ce": ce.detach()}
+
+
+# ---- wid and gen: shared forward ---------------------------------------------------------------
+class Forward(NamedTuple):
+    wid_v: torch.Tensor  # [B, L, D] video word-ID features
+    wid_a: torch.Tensor  # [B, L, D] audio word-ID features
+    ident: IdentityFeatures | None  # of the identity frame (gen only)
+    net1: torch.Tensor | None  # [B, P, C1, h, w] identity features of the adversary frames
+    fake_a: torch.Tensor | None  # [B, G, 3, S, S] audio-driven generation of the gan run
+    fake_v: torch.Tensor | None  # [B, G, 3, S, S] video-driven
+    real: torch.Tensor | None  # [B, G, 3, S, S] the real frames of the run
+    mfcc_run: torch.Tensor | None  # [B, G, 20, 12]
+
+
+def forward(model: DavsModel, batch: dict, stage: str) -> Forward:
+    """The activations both sides of a `wid` or `gen` step need."""
+    wid_v = model.encode_video(batch["frames"])  # [B, L, D]
+    wid_a = model.encode_audio(batch["mfcc"])
+    if stage == "wid":
+        return Forward(wid_v, wid_a, None, None, None, None, None, None)
+    cfg = model.cfg
+    g, start = cfg.gan_frames, batch["gen_start"]
+    ident = model.encode_identity(batch["identity"])
+    b, p = batch["adv_frames"].shape[:2]
+    net1 = model.encode_identity(batch["adv_frames"].flatten(0, 1)).net1
+    net1 = net1.view(b, p, *net1.shape[1:])  # [B, P, C1, h, w]
+    fake_a = model.generate(ident, take_run(wid_a, start, g))  # [B, G, 3, S, S]
+    fake_v = model.generate(ident, take_run(wid_v, start, g))
+    real = take_run(batch["frames"], start, g)
+    mfcc_run = take_run(batch["mfcc"], start, g)
+    return Forward(wid_v, wid_a, ident, net1, fake_a, fake_v, real, mfcc_run)
+
+
+def discriminator_loss(model: DavsModel, fwd: Forward, batch: dict) -> tuple[torch.Tensor, Parts]:
+    """The D side: modality discriminator (wid, gen); both adversaries' classifier steps and the
+    sequence discriminator with its sync head (gen). Inputs are detached from the encoders."""
+    w = model.cfg.loss
+    d = model.modality_discriminator
+    wid_a, wid_v = fwd.wid_a.detach(), fwd.wid_v.detach()
+    terms = [(1.0, "modality_d", modality_discriminator_loss(d(wid_a), d(wid_v)))]
+    if fwd.fake_a is None:
+        return _sum(terms)
+    persons = batch["identity_label"][:, None].expand(wid_v.shape[:2]).flatten()
+    wid_logits = model.wid_person_adversary(torch.cat((wid_a, wid_v)).flatten(0, 1))
+    word_logits = model.pid_word_adversary(fwd.net1.detach())
+    terms += [
+        (w.adversary_ce, "pid_adv_ce", F.cross_entropy(word_logits, batch["word"])),
+        (w.adversary_ce, "wid_adv_ce", _person_ce(wid_logits, persons.repeat(2))),
+    ]
+    seq_d = model.sequence_discriminator
+    real_patch, real_sync = seq_d(fwd.real, fwd.mfcc_run)
+    fake = torch.cat((fwd.fake_a, fwd.fake_v)).detach()  # [2B, G, 3, S, S]
+    fake_patch, fake_sync = seq_d(fake, fwd.mfcc_run.repeat(2, 1, 1, 1))
+    for name, on_real, on_fake in (
+        ("d_patch", real_patch, fake_patch),
+        ("d_sync", real_sync, fake_sync),
+    ):
+        value = 0.5 * (gan_loss(on_real, True, SOFT_LABELS) + gan_loss(on_fake, False, SOFT_LABELS))
+        terms.append((1.0, name, value))
+    return _sum(terms)
+
+
+def generator_loss(
+    model: DavsModel, fwd: Forward, batch: dict, stage: str
+) -> tuple[torch.Tensor, Parts]:
+    """The G side of `wid` or `gen` (spec/davs.md §2.8 for gen)."""
+    cfg, w = model.cfg, model.cfg.loss
+    word = batch["word"]
+    d = model.modality_discriminator
+    # Generation training detaches the video side of the contrastive loss (only audio is pulled
+    # toward video); the wid stage trains both.
+    video = fwd.wid_v.detach() if stage == "gen" else fwd.wid_v
+    terms = [
+        (w.word_ce, "ce_audio", F.cross_entropy(model.word_classifier(fwd.wid_a), word)),
+        (w.word_ce, "ce_video", F.cross_entropy(model.word_classifier(fwd.wid_v), word)),
+        (w.contrastive, "contrastive", contrastive_loss(fwd.wid_a, video, w.contrastive_margin)),
+        (w.modality_flip, "modality_flip", modality_flip_loss(d(fwd.wid_a), d(fwd.wid_v))),
+    ]
+    if stage == "wid":
+        return _sum(terms)
+    box = cfg.mouth_box_px
+    patch, sync = model.sequence_discriminator(
+        torch.cat((fwd.fake_a, fwd.fake_v)), fwd.mfcc_run.repeat(2, 1, 1, 1)
+    )
+    wid = torch.cat((fwd.wid_a, fwd.wid_v)).flatten(0, 1)  # [2*B*L, D]
+    rec = (box, w.reconstruction, w.reconstruction_mouth)
+    terms += [
+        (1.0, "rec_audio", reconstruction_loss(fwd.fake_a, fwd.real, *rec)),
+        (1.0, "rec_video", reconstruction_loss(fwd.fake_v, fwd.real, *rec)),
+        (w.smoothness, "smoothness", smoothness_loss(fwd.fake_a, batch["identity"], box)),
+        (w.gan, "gan", gan_loss(patch, True)),
+        (w.gan_sync, "gan_sync", gan_loss(sync, True)),
+        (w.pid_uniform, "pid_uniform", uniform_softmax_loss(model.pid_word_adversary(fwd.net1))),
+        (w.wid_uniform, "wid_uniform", uniform_softmax_loss(model.wid_person_adversary(wid))),
+    ]
+    return _sum(terms)
