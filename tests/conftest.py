@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# Test tensors are small: one thread avoids the overhead (and, on a busy machine, the stalls) of
+# synchronising two for every tiny op. Benchmarks, not tests, measure threaded speed.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
