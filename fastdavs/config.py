@@ -55,6 +55,20 @@ class OptimConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """How long each training stage runs and how often the trainer logs, samples and saves."""
+
+    pid_steps: int = 20000  # identity pretraining
+    wid_steps: int = 20000  # shared word space
+    gen_steps: int = 100000  # joint generation
+    log_every: int = 10
+    sample_every: int = 1000  # sample grid (PNG) and sample mp4 during `gen`
+    checkpoint_every: int = 500
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    seed: int = 0
+
+
+@dataclass
 class DavsConfig:
     """Architecture of the whole DAVS system plus its loss and optimiser settings.
 
@@ -80,6 +94,7 @@ class DavsConfig:
     mouth_box: tuple[float, float, float, float] = (170 / 256, 234 / 256, 64 / 256, 192 / 256)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     # ---- derived values -------------------------------------------------------------------
     def ch(self, channels: int) -> int:
@@ -152,6 +167,11 @@ class DavsConfig:
             raise ConfigError(f"optim={o}: need lr > 0 and betas in [0, 1)")
         if o.batch_size < 1:
             raise ConfigError(f"optim.batch_size={o.batch_size}: must be at least 1")
+        for f in dataclasses.fields(self.schedule):
+            value = getattr(self.schedule, f.name)
+            low = 0 if f.name.endswith("_steps") or f.name == "seed" else 1
+            if value < low:
+                raise ConfigError(f"schedule.{f.name}={value}: must be at least {low}")
         return self
 
     # ---- presets and serialisation ---------------------------------------------------------
@@ -265,6 +285,15 @@ def _tiny() -> DavsConfig:
         adv_frames=4,
         gan_frames=2,
         optim=OptimConfig(batch_size=2),
+        schedule=ScheduleConfig(
+            pid_steps=4,
+            wid_steps=4,
+            gen_steps=4,
+            log_every=1,
+            sample_every=2,
+            checkpoint_every=2,
+            max_bad_steps=3,
+        ),
     )
 
 

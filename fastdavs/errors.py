@@ -15,3 +15,7 @@ class NotImplementedYet(FastdavsError):
 
 class DataError(FastdavsError):
     """A media or data file cannot be used (unreadable, no audio, too short, no face...)."""
+
+
+class CheckpointError(FastdavsError):
+    """A checkpoint cannot be written or used (damaged, edited, wrong model, newer format...)."""

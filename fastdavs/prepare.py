@@ -179,6 +179,7 @@ def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | No
         aligned_size=aligned_size(image_size),
         vocabulary=words,
         identities=identities,
+        source=src.resolve(),
     )
 
 

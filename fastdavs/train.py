@@ -1,21 +1,29 @@
 """`python -m fastdavs.train` / `fastdavs-train`: the three DAVS training stages (pid, wid, gen).
 
-The command line is final; the training loop itself is delivered by issue 4.
+With no --data, the embedded SynthLRW set is generated once into the cache
+(`$FASTDAVS_CACHE`, default ~/.cache/fastdavs) and prepared for the preset, then trained on.
+Under torchrun each process trains on its share of every batch (gloo on CPU, nccl on CUDA);
+rank 0 prepares the data, logs and saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from fastdavs.cli import add_config_args, config_from_args, run
-from fastdavs.errors import NotImplementedYet
+from fastdavs.steps import STAGES
 
 PROG = "fastdavs-train"
-STAGES = ("all", "pid", "wid", "gen")
+SYNTH_VERSION = 1  # bump when SynthLRW's content changes, so caches are rebuilt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "embedded SynthLRW data set is generated once and used.",
     )
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / fp16 (CUDA)")
-    parser.add_argument("--data", metavar="DIR", help="prepared shards of LRW-format data")
+    parser.add_argument("--data", metavar="DIR", help="shards from fastdavs-prepare")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
-    parser.add_argument("--stage", choices=STAGES, default="all")
+    parser.add_argument("--stage", choices=("all", *STAGES), default="all")
     parser.add_argument("--steps", type=int, metavar="N", help="bound each stage to N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--workers", type=int, metavar="N", help="data loader processes")
     add_config_args(parser, default_preset=None)
     parser.epilog = "--preset defaults to 'small' without a GPU and 'paper' with one."
     return parser
@@ -40,10 +49,69 @@ def default_preset() -> str:
     return "paper" if torch.cuda.is_available() else "small"
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTDAVS_CACHE", Path.home() / ".cache" / "fastdavs"))
+
+
+def embedded_data(image_size: int) -> Path:
+    """SynthLRW, generated and prepared for `image_size` once, then reused."""
+    from fastdavs.data.shards import INDEX_FILE
+    from fastdavs.data.synth import SynthConfig, generate
+    from fastdavs.prepare import prepare
+
+    synth = SynthConfig(size=256 if image_size > 128 else 128)
+    root = cache_dir() / f"synthlrw-v{SYNTH_VERSION}-{synth.size}px-seed{synth.seed}"
+    shards = root.with_name(root.name + f"-shards{image_size}")
+    if not (shards / INDEX_FILE).exists():
+        generate(synth, root)
+        prepare(root, shards, image_size)
+    return shards
+
+
+def _distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
 def _train(argv: Sequence[str] | None) -> None:
+    from fastdavs.trainer import RunOptions, Trainer
+
     args = build_parser().parse_args(argv)
-    config_from_args(args, args.preset or default_preset())
-    raise NotImplementedYet("training is not implemented yet (issue 4: the training stages)")
+    cfg = config_from_args(args, args.preset or default_preset())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    distributed = _distributed()
+    try:
+        rank = dist.get_rank() if distributed else 0
+        if args.data:
+            data = Path(args.data)
+        else:
+            data = embedded_data(cfg.image_size) if rank == 0 else None
+            if distributed:
+                box = [data]
+                dist.broadcast_object_list(box, 0)
+                data = box[0]
+        device = (
+            f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        )
+        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        opts = RunOptions(
+            data=data,
+            out=out,
+            stages=STAGES if args.stage == "all" else (args.stage,),
+            amp=args.amp,
+            max_steps=args.steps,
+            resume=args.resume,
+            workers=args.workers,
+            device=device,
+        )
+        Trainer(cfg, opts).run()
+        if rank == 0:
+            print(f"run directory: {out}")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

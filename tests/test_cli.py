@@ -21,7 +21,6 @@ COMMANDS = {
 }
 # Minimal valid arguments for each command not built yet, to reach its body.
 UNBUILT = {
-    "fastdavs-train": ["--steps", "1"],
     "fastdavs-generate": ["--face", "f.png", "--audio", "a.wav", "-o", "o.mp4"],
     "fastdavs-build-engine": ["--checkpoint", "ckpt", "--out", "eng"],
     "fastdavs-eval": ["runs/x"],

@@ -205,14 +205,23 @@ class EpochSampler(Sampler):
 
     The epoch is read from the dataset when iteration starts, in the main process, so
     `DavsDataset.set_epoch` reaches persistent workers through the keys; the order of an epoch
-    is reproducible on its own, which a resumed run needs.
+    is reproducible on its own, which a resumed run needs. With `world` > 1 each rank takes every
+    `world`-th key of the same order (each process of a distributed run sees its own share), and
+    `start` skips the first keys of this rank's share: a resumed run sets it to the number of
+    items it had consumed in the epoch, so no item is loaded only to be thrown away.
     """
 
-    def __init__(self, dataset: DavsDataset, shuffle: bool, seed: int = 0):
+    def __init__(
+        self, dataset: DavsDataset, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
+    ):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank={rank} must be in [0, world={world})")
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
+        self.rank, self.world = rank, world
+        self.start = 0
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return max(0, len(range(self.rank, len(self.dataset), self.world)) - self.start)
 
     def __iter__(self):
         epoch, n = self.dataset.epoch, len(self.dataset)
@@ -220,7 +229,7 @@ class EpochSampler(Sampler):
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         else:
             order = np.arange(n)
-        for i in order.tolist():
+        for i in order[self.rank :: self.world][self.start :].tolist():
             yield epoch, i
 
 
@@ -242,19 +251,22 @@ def make_loader(
     num_workers: int | None = None,
     seed: int = 0,
     drop_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """A DataLoader over `dataset` whose batches depend only on (seed, dataset seed, epoch).
 
-    Call ``dataset.set_epoch(e)`` before iterating epoch e. Workers are persistent when
-    `num_workers` > 0 (default `default_num_workers`); memory is pinned only if CUDA is
-    available. Batches are identical for every `num_workers`.
+    Call ``dataset.set_epoch(e)`` before iterating epoch e (and set ``loader.sampler.start`` to
+    skip items already consumed). Workers are persistent when `num_workers` > 0 (default
+    `default_num_workers`); memory is pinned only if CUDA is available. Batches are identical for
+    every `num_workers`. `rank`/`world` shard each epoch across the processes of a distributed run.
     """
     if num_workers is None:
         num_workers = default_num_workers()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(dataset, shuffle, seed),
+        sampler=EpochSampler(dataset, shuffle, seed, rank, world),
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),  # seeds any torch RNG in the workers
         persistent_workers=num_workers > 0,

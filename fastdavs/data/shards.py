@@ -379,6 +379,7 @@ class ShardIndex:
     identities: list[str]
     splits: dict[str, dict]  # name -> {"shards": [relative dirs], "clips": int}
     skipped: list[dict]  # {"split", "clip", "reason"}
+    source: str  # the LRW-layout root the clips were prepared from (clip ids are relative to it)
 
 
 def write_index(
@@ -388,6 +389,7 @@ def write_index(
     aligned_size: int,
     vocabulary: Sequence[str],
     identities: Sequence[str],
+    source: str | Path = "",
     splits: Iterable[str] = ("train", "val", "test"),
 ) -> ShardIndex:
     """Scan the complete shards of each split under `out` and write ``index.json`` atomically.
@@ -424,6 +426,7 @@ def write_index(
         "identities": list(identities),
         "splits": entries,
         "skipped": skipped,
+        "source": str(source),
     }
     _write_json_atomic(out / INDEX_FILE, data)
     return _index_from(out, data)
@@ -462,6 +465,7 @@ def _index_from(out: Path, data: dict) -> ShardIndex:
             identities=list(data["identities"]),
             splits=dict(data["splits"]),
             skipped=list(data["skipped"]),
+            source=str(data.get("source", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(

@@ -1,0 +1,332 @@
+"""The training loop: stages pid -> wid -> gen over prepared shards, with checkpoints, resume,
+a non-finite guard, mixed precision, NVTX ranges and multi-process data parallelism.
+
+    shards ──DavsDataset/make_loader──► batch ──steps.forward──► D step ──► G step ──► log
+                                                                   └── every N: checkpoint
+
+Each stage has its own Adam optimisers (lr and betas from `cfg.optim`): `pid` trains the
+identity encoder and its classifier; `wid` the audio and video encoders and the shared word
+classifier (G) against the modality discriminator (D); `gen` the whole generator side (G)
+against every discriminator and adversary (D). A step with a non-finite loss or gradient is
+skipped and counted; `schedule.max_bad_steps` in a row stop the run with a message naming the
+step and the loss, leaving the last good checkpoint as it was.
+
+Resuming restores model, optimisers, RNG states and the data position (epoch and items
+consumed), and items are a pure function of (seed, epoch, index), so on CPU a resumed run's
+losses equal an uninterrupted run's. Distributed runs (torchrun) average gradients with an
+all-reduce after each backward; rank 0 alone logs and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nvtx
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from fastdavs import steps
+from fastdavs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import DavsDataset, make_loader
+from fastdavs.data.shards import ShardSet
+from fastdavs.errors import FastdavsError
+from fastdavs.model import DavsModel
+
+log = logging.getLogger(__name__)
+
+# Modules each stage's optimisers own: (generator side, discriminator side).
+STAGE_MODULES = {
+    "pid": (("identity_encoder", "identity_classifier"), ()),
+    "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
+    "gen": (
+        ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
+        (
+            "modality_discriminator",
+            "pid_word_adversary",
+            "wid_person_adversary",
+            "sequence_discriminator",
+        ),
+    ),
+}
+
+
+class TrainingError(FastdavsError):
+    """Training cannot go on (too many non-finite steps, nothing to train on...)."""
+
+
+@dataclass
+class RunOptions:
+    """How to run, beside what to train (`DavsConfig`)."""
+
+    data: Path  # prepared shards
+    out: Path  # run directory
+    stages: tuple[str, ...] = steps.STAGES
+    amp: bool = False
+    max_steps: int | None = None  # bound on each stage's steps (quick runs)
+    resume: bool = False
+    workers: int | None = None  # loader processes (default: dataset.default_num_workers)
+    device: str = "cpu"
+
+
+@dataclass
+class _Position:
+    """Where training is: what a checkpoint's trainer state holds."""
+
+    stage: str = "pid"
+    step: int = 0  # steps done in `stage`
+    epoch: int = 0
+    consumed: int = 0  # items of `epoch` this rank has used
+    bad_steps: int = 0  # skipped non-finite steps in total
+    done: list[str] = field(default_factory=list)  # finished stages
+
+
+class Trainer:
+    def __init__(self, cfg: DavsConfig, opts: RunOptions):
+        self.cfg, self.opts = cfg, opts
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.device = torch.device(opts.device)
+        torch.manual_seed(cfg.schedule.seed)
+        self.model = DavsModel(cfg).to(self.device)
+        if self.world > 1:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, 0)
+        shards = ShardSet(opts.data, "train")
+        if len(shards) < cfg.optim.batch_size * self.world:
+            raise TrainingError(
+                f"{opts.data}: {len(shards)} training clips, fewer than one batch of "
+                f"{cfg.optim.batch_size} per process; prepare more data or lower the batch size"
+            )
+        self.dataset = DavsDataset(shards, cfg, train=True, seed=cfg.schedule.seed)
+        self.loader = make_loader(
+            self.dataset,
+            cfg.optim.batch_size,
+            shuffle=True,
+            num_workers=opts.workers,
+            seed=cfg.schedule.seed,
+            drop_last=True,
+            rank=self.rank,
+            world=self.world,
+        )
+        self.pos = _Position()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scaler = torch.amp.GradScaler("cuda", enabled=opts.amp and self.device.type == "cuda")
+        self.metrics_path = opts.out / "metrics.jsonl"
+        self._last_parts: dict[str, float] = {}
+        self._bad_parts: dict[str, float] = {}
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _make_optimizers(self, stage: str) -> None:
+        o = self.cfg.optim
+        self.optimizers = {}
+        for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
+            params = [p for n in names for p in getattr(self.model, n).parameters()]
+            if params:
+                self.optimizers[side] = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2))
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.opts.out)
+        if ckpt is None:
+            raise TrainingError(f"{self.opts.out}: no checkpoint to resume from; drop --resume")
+        _, state = load_checkpoint(ckpt, expect_config=self.cfg, restore_rng=False)
+        self.pos = _Position(**state)
+        self._truncate_metrics()
+        self._make_optimizers(self.pos.stage)
+        load_checkpoint(ckpt, self.model, self.optimizers, scaler=self.scaler)
+        log.info("resumed from %s (stage %s, step %d)", ckpt, self.pos.stage, self.pos.step)
+
+    def _save(self) -> None:
+        if self.rank == 0:
+            name = f"{self.pos.stage}_{self.pos.step:06d}"
+            save_checkpoint(
+                self.opts.out,
+                name,
+                self.model,
+                self.optimizers,
+                scaler=self.scaler,
+                trainer_state=self.pos.__dict__.copy(),
+            )
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        self.opts.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.opts.out / "config.json").write_text(self.cfg.to_json() + "\n")
+        if self.opts.resume:
+            self._resume()
+        for stage in self.opts.stages:
+            if stage in self.pos.done:
+                continue
+            if stage != self.pos.stage:
+                self.pos = _Position(stage=stage, bad_steps=self.pos.bad_steps, done=self.pos.done)
+                self._make_optimizers(stage)
+            elif not self.optimizers:
+                self._make_optimizers(stage)
+            self._run_stage(stage)
+            if self.pos.step >= getattr(self.cfg.schedule, f"{stage}_steps"):
+                self.pos.done.append(stage)  # a run bounded by --steps can resume the stage
+            self._save()
+
+    def _total_steps(self, stage: str) -> int:
+        total = getattr(self.cfg.schedule, f"{stage}_steps")
+        return min(total, self.opts.max_steps) if self.opts.max_steps is not None else total
+
+    def _batches(self):
+        """Batches forever, epoch after epoch, starting at the saved data position."""
+        while True:
+            self.dataset.set_epoch(self.pos.epoch)
+            self.loader.sampler.start = self.pos.consumed
+            for batch in self.loader:
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            self.pos.epoch += 1
+            self.pos.consumed = 0
+
+    def _run_stage(self, stage: str) -> None:
+        sched = self.cfg.schedule
+        total = self._total_steps(stage)
+        if self.pos.step >= total:
+            return
+        self.model.train()
+        bar = tqdm(
+            total=total,
+            initial=self.pos.step,
+            desc=stage,
+            unit="step",
+            dynamic_ncols=True,
+            disable=self.rank != 0,
+        )
+        batches = self._batches()
+        in_a_row, t0, seen = 0, time.perf_counter(), 0
+        while self.pos.step < total:
+            with nvtx.annotate("data", color="blue"):
+                batch = next(batches)
+            parts = self._step(stage, batch)
+            self.pos.consumed += self.cfg.optim.batch_size
+            self.pos.step += 1
+            seen += self.cfg.optim.batch_size * self.world
+            if parts is None:
+                in_a_row += 1
+                self.pos.bad_steps += 1
+                if in_a_row >= sched.max_bad_steps:
+                    bar.close()
+                    raise TrainingError(self._bad_message(stage, in_a_row))
+            else:
+                in_a_row = 0
+                self._last_parts = parts
+            if self.pos.step % sched.log_every == 0 or self.pos.step == total:
+                rate = seen / (time.perf_counter() - t0)
+                self._log(stage, rate, bar)
+            bar.update()
+            periodic = self.pos.step % sched.checkpoint_every == 0 and self.pos.step < total
+            if periodic and in_a_row == 0:  # never replace a good checkpoint mid-streak
+                self._save()
+        bar.close()
+
+    def _bad_message(self, stage: str, n: int) -> str:
+        where = f"stage {stage} step {self.pos.step}"
+        bad = {k: v for k, v in self._bad_parts.items() if not math.isfinite(v)}
+        what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "a non-finite gradient"
+        last = latest_checkpoint(self.opts.out)
+        return (
+            f"{n} non-finite steps in a row at {where} ({what}); stopped. The last good "
+            f"checkpoint is {last or 'none yet'}; resume with --resume after lowering "
+            "--optim-lr or the loss weights"
+        )
+
+    # ---- one step --------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.opts.amp:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def _step(self, stage: str, batch: dict) -> dict[str, float] | None:
+        """One D step then one G step; returns the loss parts, or None if the step was skipped."""
+        parts: dict[str, float] = {}
+        if stage == "pid":
+            with nvtx.annotate("forward", color="green"), self._autocast():
+                loss, p = steps.pid_loss(self.model, batch)
+            ok = self._apply("g", loss, p, parts)
+            return parts if ok else None
+        with nvtx.annotate("forward", color="green"), self._autocast():
+            fwd = steps.forward(self.model, batch, stage)
+            d_loss, p = steps.discriminator_loss(self.model, fwd, batch)
+        ok = self._apply("d", d_loss, p, parts)
+        with nvtx.annotate("forward", color="green"), self._autocast():
+            g_loss, p = steps.generator_loss(self.model, fwd, batch, stage)
+        ok = self._apply("g", g_loss, p, parts) and ok
+        return parts if ok else None
+
+    def _apply(self, side: str, loss: torch.Tensor, p: dict, parts: dict) -> bool:
+        """Backward and optimizer step for one side, unless the loss or a gradient is not finite."""
+        opt = self.optimizers[side]
+        opt.zero_grad(set_to_none=True)
+        values = {k: float(v) for k, v in p.items()}
+        parts.update(values)
+        finite = math.isfinite(float(loss.detach()))
+        if finite:
+            with nvtx.annotate("backward", color="red"):
+                self.scaler.scale(loss).backward()
+            params = [q for g in opt.param_groups for q in g["params"] if q.grad is not None]
+            if self.world > 1:
+                for q in params:
+                    dist.all_reduce(q.grad)
+                    q.grad.div_(self.world)
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(opt)
+            finite = all(torch.isfinite(q.grad).all() for q in params)
+        if self.world > 1:  # every rank skips or steps together
+            flag = torch.tensor(float(finite), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
+            self._bad_parts = values
+            opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            return False
+        with nvtx.annotate("optimizer", color="yellow"):
+            self.scaler.step(opt)
+            self.scaler.update()
+        return True
+
+    def _truncate_metrics(self) -> None:
+        """Drop the records a killed run logged after the checkpoint it resumes from."""
+        if self.rank != 0 or not self.metrics_path.exists():
+            return
+        order = {s: i for i, s in enumerate(steps.STAGES)}
+        here = (order[self.pos.stage], self.pos.step)
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and (order[(r := json.loads(line))["stage"]], r["step"]) <= here
+        ]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_path)
+
+    # ---- logging -----------------------------------------------------------------------------
+    def _log(self, stage: str, rate: float, bar: tqdm) -> None:
+        if self.rank != 0:
+            return
+        parts = self._last_parts
+        record = {
+            "stage": stage,
+            "step": self.pos.step,
+            "samples_per_s": round(rate, 3),
+            "bad_steps": self.pos.bad_steps,
+            **{k: round(v, 6) for k, v in parts.items()},
+        }
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = {k: f"{v:.3g}" for k, v in list(parts.items())[:4]}
+        bar.set_postfix(shown | {"samples/s": f"{rate:.1f}"}, refresh=False)

@@ -1,0 +1,133 @@
+"""The training loop on the tiny preset: the command end to end, resume equivalence, the
+non-finite guard, and data parallelism over 2 processes (gloo)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastdavs import steps
+from fastdavs.checkpoint import latest_checkpoint, load_checkpoint
+from fastdavs.config import DavsConfig
+from fastdavs.data.synth import SynthConfig, generate
+from fastdavs.prepare import prepare
+from fastdavs.train import main as train_main
+from fastdavs.trainer import RunOptions, Trainer, TrainingError
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    generate(
+        SynthConfig(identities=4, held_out=2, words=3, takes=2, seed=5, size=64), root / "lrw", 1
+    )
+    prepare(root / "lrw", root / "shards", image_size=32, workers=1)
+    return root / "shards"
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(*args: str) -> int:
+    return train_main(["--preset", "tiny", "--workers", "0", *args])
+
+
+def test_train_command_runs_every_stage(shards, tmp_path):
+    run = tmp_path / "run"
+    assert _train("--data", str(shards), "--out", str(run)) == 0
+    assert DavsConfig.load(run / "config.json") == DavsConfig.from_preset("tiny")
+    records = _records(run)
+    assert [(r["stage"], r["step"]) for r in records] == [
+        (s, i) for s in steps.STAGES for i in range(1, 5)
+    ]
+    gen = [r for r in records if r["stage"] == "gen"]
+    assert {"rec_audio", "gan", "pid_uniform", "wid_uniform", "d_patch"} <= set(gen[0])
+    assert all(r["bad_steps"] == 0 for r in records)
+    _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
+    assert state["done"] == list(steps.STAGES) and state["stage"] == "gen"
+
+
+def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train("--data", str(shards), "--out", str(straight), "--stage", "gen") == 0
+    assert (
+        _train("--data", str(shards), "--out", str(resumed), "--stage", "gen", "--steps", "2") == 0
+    )
+    with (resumed / "metrics.jsonl").open("a") as f:  # a killed run logged past its checkpoint
+        f.write(json.dumps({"stage": "gen", "step": 3, "rec_audio": -1.0}) + "\n")
+    assert _train("--data", str(shards), "--out", str(resumed), "--stage", "gen", "--resume") == 0
+    a, b = _records(straight), _records(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        for key, value in ra.items():
+            if isinstance(value, str):
+                assert rb[key] == value
+            elif key != "samples_per_s":
+                assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (ra["step"], key)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkeypatch):
+    schedule = dataclasses.replace(DavsConfig.from_preset("tiny").schedule, wid_steps=10)
+    cfg = DavsConfig.from_preset("tiny", schedule=schedule)
+    run = tmp_path / "run"
+    Trainer(cfg, RunOptions(data=shards, out=run, stages=("wid",), max_steps=2, workers=0)).run()
+    good = latest_checkpoint(run)
+    real = steps.generator_loss
+
+    def poisoned(model, fwd, batch, stage):
+        loss, parts = real(model, fwd, batch, stage)
+        parts["contrastive"] = torch.tensor(float("nan"))
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(steps, "generator_loss", poisoned)
+    trainer = Trainer(
+        cfg, RunOptions(data=shards, out=run, stages=("wid",), resume=True, workers=0)
+    )
+    with pytest.raises(TrainingError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert "3 non-finite steps in a row at stage wid step 5" in message
+    assert "contrastive=nan" in message and str(good) in message
+    assert latest_checkpoint(run) == good  # the last good checkpoint survives
+    assert trainer.pos.bad_steps == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
+def test_two_process_data_parallel(shards, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "fastdavs.train",
+        "--preset",
+        "tiny",
+        "--workers",
+        "0",
+        "--data",
+        str(shards),
+        "--out",
+        str(run),
+        "--stage",
+        "wid",
+        "--steps",
+        "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _records(run)
+    assert [r["step"] for r in records] == [1, 2]
+    # Each step saw one batch per process.
+    assert records[-1]["samples_per_s"] > 0
+    assert latest_checkpoint(run) is not None
