@@ -39,6 +39,7 @@ from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.errors import FastdavsError
 from fastdavs.model import DavsModel
+from fastdavs.runlog import plot_losses, sample_grid
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Trainer:
         self.metrics_path = opts.out / "metrics.jsonl"
         self._last_parts: dict[str, float] = {}
         self._bad_parts: dict[str, float] = {}
+        self._samples: dict | None = None
 
     # ---- setup -----------------------------------------------------------------------------
     def _make_optimizers(self, stage: str) -> None:
@@ -145,6 +147,7 @@ class Trainer:
 
     def _save(self) -> None:
         if self.rank == 0:
+            plot_losses(self.metrics_path, self.opts.out / "losses.png")
             name = f"{self.pos.stage}_{self.pos.step:06d}"
             save_checkpoint(
                 self.opts.out,
@@ -225,10 +228,26 @@ class Trainer:
                 rate = seen / (time.perf_counter() - t0)
                 self._log(stage, rate, bar)
             bar.update()
+            if stage == "gen" and self.pos.step % sched.sample_every == 0 and self.rank == 0:
+                name = f"samples/gen_{self.pos.step:06d}.png"
+                sample_grid(self.model, self._sample_batch(), self.opts.out / name)
             periodic = self.pos.step % sched.checkpoint_every == 0 and self.pos.step < total
             if periodic and in_a_row == 0:  # never replace a good checkpoint mid-streak
                 self._save()
         bar.close()
+
+    def _sample_batch(self) -> dict:
+        """A fixed held-out batch (val split when prepared, else train), for sample grids."""
+        if self._samples is None:
+            split = "val" if "val" in self.dataset.shards.index.splits else "train"
+            ds = DavsDataset(ShardSet(self.opts.data, split), self.cfg, train=False)
+            n = min(4, len(ds))
+            items = [ds[i * len(ds) // n] for i in range(n)]
+            self._samples = {
+                k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device)
+                for k in items[0]
+            }
+        return self._samples
 
     def _bad_message(self, stage: str, n: int) -> str:
         where = f"stage {stage} step {self.pos.step}"

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import pytest
 import torch
 
@@ -48,6 +49,11 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     gen = [r for r in records if r["stage"] == "gen"]
     assert {"rec_audio", "gan", "pid_uniform", "wid_uniform", "d_patch"} <= set(gen[0])
     assert all(r["bad_steps"] == 0 for r in records)
+    for png in ("losses.png", "samples/gen_000002.png", "samples/gen_000004.png"):
+        image = cv2.imread(str(run / png))
+        assert image is not None and image.std() > 5, png
+    s = 32  # tiny: a row is identity + 3 runs of gan_frames=2 frames; 4 held-out clips
+    assert cv2.imread(str(run / "samples/gen_000004.png")).shape == (4 * s, 7 * s, 3)
     _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
     assert state["done"] == list(steps.STAGES) and state["stage"] == "gen"
 

@@ -1,0 +1,81 @@
+"""What a run directory shows a person: the loss curves and sample grids, kept current.
+
+    RUN/metrics.jsonl ──plot_losses──► RUN/losses.png
+    model + held-out batch ──sample_grid──► RUN/samples/gen_000500.png
+
+Both write to a temporary name and rename, so a viewer never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdavs import steps
+from fastdavs.model import DavsModel
+
+SKIP_KEYS = {"stage", "step", "samples_per_s", "bad_steps"}
+
+
+def _replace_png(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_losses(metrics: Path, out: Path) -> Path | None:
+    """One panel per stage, one line per loss part (symmetric-log scale where no value is
+    negative: losses span several decades and the adversaries' uniform losses reach 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    stages = [s for s in steps.STAGES if any(r["stage"] == s for r in records)]
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        rows = [r for r in records if r["stage"] == stage]
+        keys = [k for k in rows[-1] if k not in SKIP_KEYS]
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            ax.plot(*zip(*pts, strict=True), label=key, linewidth=1)
+        if all(r[k] >= 0 for r in rows for k in keys if k in r):
+            ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_title(f"stage {stage}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = _replace_png(out, lambda p: fig.savefig(p, dpi=100))
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def sample_grid(model: DavsModel, batch: dict, out: Path, clips: int = 4) -> Path:
+    """Rows of clips: identity frame | real run | audio-driven | video-driven generation."""
+    import cv2
+
+    was_training = model.training
+    model.eval()
+    small = {k: v[:clips] for k, v in batch.items()}
+    fwd = steps.forward(model, small, "gen")
+    model.train(was_training)
+    rows = []
+    for b in range(len(small["word"])):
+        tiles = [small["identity"][b]]
+        for run in (fwd.real, fwd.fake_a, fwd.fake_v):
+            tiles += list(run[b])
+        row = torch.cat([t.float().clamp(0, 1) for t in tiles], dim=2)  # [3, S, (1+3G) S]
+        rows.append(row)
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+    bgr = cv2.cvtColor(np.ascontiguousarray(grid), cv2.COLOR_RGB2BGR)
+    return _replace_png(out, lambda p: cv2.imwrite(str(p), bgr))
