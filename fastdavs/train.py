@@ -9,6 +9,7 @@ rank 0 prepares the data, logs and saves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from fastdavs.cli import add_config_args, config_from_args, run
+from fastdavs.config import DavsConfig
 from fastdavs.steps import STAGES
 
 PROG = "fastdavs-train"
@@ -68,6 +70,17 @@ def embedded_data(image_size: int) -> Path:
     return shards
 
 
+def fit_to_data(cfg: DavsConfig, data: Path) -> DavsConfig:
+    """The config with its classifier sizes set from the prepared data's vocabulary and
+    identities (500 words and 40,145 identities are the original's LRW / MS-Celeb sizes)."""
+    from fastdavs.data.shards import load_index
+
+    index = load_index(data)
+    return dataclasses.replace(
+        cfg, num_words=len(index.vocabulary), num_identities=max(2, len(index.identities))
+    ).validate()
+
+
 def _distributed() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -92,6 +105,7 @@ def _train(argv: Sequence[str] | None) -> None:
                 box = [data]
                 dist.broadcast_object_list(box, 0)
                 data = box[0]
+        cfg = fit_to_data(cfg, data)
         device = (
             f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         )
