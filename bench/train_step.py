@@ -524,6 +524,10 @@ def main() -> int:
                     continue
                 print(f"compiled {case}: {r.compile_s:.1f} s (first step included)", flush=True)
             runners[case, vname] = r
+        if (case, cfg.width) not in module_flops:
+            module_flops[case, cfg.width] = count_flops(
+                Runner(case, Variant(), model_for(Variant()), b)
+            )
         for vname, v in HEAP_VARIANTS.items():
             phase2[case, vname] = functools.partial(Runner, case, v, model_for(v), b)
             flops[case, vname] = module_flops[case, cfg.width]
