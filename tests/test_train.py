@@ -139,3 +139,19 @@ def test_two_process_data_parallel(shards, tmp_path):
     # Each step saw one batch per process.
     assert records[-1]["samples_per_s"] > 0
     assert latest_checkpoint(run) is not None
+
+
+def test_amp_without_native_bf16_stays_float32(shards, tmp_path, monkeypatch, caplog):
+    import fastdavs.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    cfg = DavsConfig.from_preset("tiny")
+    opts = RunOptions(data=shards, out=tmp_path / "run", stages=("pid",), amp=True, workers=0)
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg, opts)
+    assert "no native bfloat16" in caplog.text
+    with trainer._autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
+    with Trainer(cfg, opts)._autocast():
+        assert torch.is_autocast_enabled("cpu")
