@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastdavs.atomic import write_json
 from fastdavs.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
 from fastdavs.errors import DataError
 
@@ -108,16 +109,6 @@ class _NpyStream:
     def discard(self) -> None:
         self._f.close()
         self.path.unlink(missing_ok=True)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to `path` via a temporary file and `os.replace` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -294,7 +285,7 @@ class ShardWriter:
             "skipped": s.skipped,
             "complete": True,  # last: a meta.json without it is from an interrupted writer
         }
-        _write_json_atomic(s.tmp / META_FILE, meta)
+        write_json(s.tmp / META_FILE, meta, indent=1, fsync=True)
         os.rename(s.tmp, s.final)
         fd = os.open(self.split_dir, os.O_RDONLY)
         try:
@@ -428,7 +419,7 @@ def write_index(
         "skipped": skipped,
         "source": str(source),
     }
-    _write_json_atomic(out / INDEX_FILE, data)
+    write_json(out / INDEX_FILE, data, indent=1, fsync=True)
     return _index_from(out, data)
 
 

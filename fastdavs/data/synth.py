@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastdavs.atomic import replace_with, write_text
 from fastdavs.cli import run
 from fastdavs.data import face, phonemes, voice
 from fastdavs.data.video_io import write_mp4
@@ -141,12 +142,6 @@ def plan(cfg: SynthConfig, out: Path) -> list[_Job]:
     return jobs
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_clip(args: tuple[SynthConfig, _Job]) -> None:
     cfg, job = args
     mp4 = Path(job.path)
@@ -157,7 +152,7 @@ def _write_clip(args: tuple[SynthConfig, _Job]) -> None:
     ex = render_example(cfg, job.identity, job.word, job.take)
     write_mp4(mp4, ex.frames, ex.audio, fps=phonemes.FPS, sample_rate=voice.SAMPLE_RATE)
     spoken = ex.segments[-1].end - ex.segments[0].start
-    _write_text(mp4.with_suffix(".txt"), f"Word: {ex.word.name}\nDuration: {spoken:.2f} seconds\n")
+    write_text(mp4.with_suffix(".txt"), f"Word: {ex.word.name}\nDuration: {spoken:.2f} seconds\n")
     meta = {
         "word": ex.word.name,
         "identity": ex.identity,
@@ -166,7 +161,7 @@ def _write_clip(args: tuple[SynthConfig, _Job]) -> None:
         "landmarks": np.round(ex.landmarks, 3).tolist(),
         "phonemes": [[s.phoneme, round(s.start, 4), round(s.end, 4)] for s in ex.segments],
     }
-    _write_text(sidecar, json.dumps(meta))  # last: its presence marks the clip done
+    write_text(sidecar, json.dumps(meta))  # last: its presence marks the clip done
 
 
 def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None) -> Path:
@@ -204,7 +199,7 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None) -> P
         "identities": [{"id": i, "split": cfg.split_of(i)} for i in range(cfg.identities)],
         "clips": len(jobs),
     }
-    _write_text(manifest, json.dumps(info, indent=1))
+    write_text(manifest, json.dumps(info, indent=1))
     return manifest
 
 
@@ -226,10 +221,8 @@ def preview(cfg: SynthConfig, path: str | Path, identities: int = 8, frames: int
     grid = np.concatenate(tiles, axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
-    return path
+    bgr = cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)
+    return replace_with(path, lambda tmp: cv2.imwrite(str(tmp), bgr))
 
 
 def _init_worker() -> None:
