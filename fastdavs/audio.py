@@ -168,7 +168,38 @@ def _recipe_matrices(
     return window, fbank_t, lifted[1:].T.contiguous()
 
 
-def mfcc(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def check_waveform(
+    audio: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+) -> None:
+    """Raise `AudioError` unless `audio` is a `(S,)` or `(B, S)` waveform of `dtypes`, S >= 400."""
+    if audio.dtype not in dtypes:
+        names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise AudioError(f"MFCC needs a {names} waveform, got {audio.dtype}")
+    if audio.dim() not in (1, 2):
+        raise AudioError(f"MFCC needs audio of shape [S] or [B, S], got {list(audio.shape)}")
+    if audio.shape[-1] < WIN:
+        raise AudioError(
+            f"MFCC needs at least {WIN} samples ({1000 * WIN // SAMPLE_RATE} ms at "
+            f"{SAMPLE_RATE} Hz), got {audio.shape[-1]}"
+        )
+
+
+def int16_gain(x: torch.Tensor) -> torch.Tensor:
+    """Per-row gain to the int16 range: 32768 where a row's peak |x| is at most 1, else 1.
+
+    Args:
+        x (Tensor): waveform, shape `(B, S)`.
+
+    Returns:
+        Tensor: shape `(B, 1)`, dtype of `x`, no gradient.
+    """
+    peak = x.detach().abs().amax(dim=1, keepdim=True)  # [B, 1]
+    return torch.where(peak <= 1, 32768.0, 1.0).to(x.dtype)
+
+
+def mfcc(
+    audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, *, backend: str = "auto"
+) -> torch.Tensor:
     """MFCCs of the DAVS recipe (spec/davs.md §3.3; see this module's docstring for the steps).
 
     Rows whose peak |x| is at most 1 are taken as full-scale floats and scaled by 32768 to the
@@ -178,6 +209,10 @@ def mfcc(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     Args:
         audio (Tensor): float waveform at 16 kHz, shape `(B, S)` or `(S,)`, with S >= 400.
         sample_rate (int, optional): rate of `audio` in Hz; must be 16000. (Default: 16000)
+        backend (str, optional): ``"ref"`` runs the code below; ``"triton"`` the fused kernel
+            `fastdavs.kernels.mfcc.mfcc` (forward only; float32, float16 or bfloat16);
+            ``"auto"`` picks the kernel for CUDA input of those dtypes when no gradient is
+            needed, the code below otherwise (always on CPU). (Default: ``"auto"``)
 
     Returns:
         Tensor: c1..c12, shape `(B, K=12, F)` (or `(K, F)` for 1-D input), F = (S - 400) // 160 + 1
@@ -195,20 +230,16 @@ def mfcc(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
             f"MFCC needs {SAMPLE_RATE} Hz audio, got {sample_rate} Hz: resample to "
             f"{SAMPLE_RATE} Hz first (e.g. decode with ffmpeg -ar 16000 -ac 1)"
         )
-    if audio.dtype not in (torch.float32, torch.float64):
-        raise AudioError(f"MFCC needs a float32 or float64 waveform, got {audio.dtype}")
-    if audio.dim() not in (1, 2):
-        raise AudioError(f"MFCC needs audio of shape [S] or [B, S], got {list(audio.shape)}")
-    if audio.shape[-1] < WIN:
-        raise AudioError(
-            f"MFCC needs at least {WIN} samples ({1000 * WIN // SAMPLE_RATE} ms at "
-            f"{SAMPLE_RATE} Hz), got {audio.shape[-1]}"
-        )
+    if backend != "ref":
+        # Imported here: the kernel module imports this one (its reference and matrices).
+        from fastdavs.kernels.mfcc import mfcc as fused
+
+        return fused(audio, backend=backend)
+    check_waveform(audio)
     x = audio if audio.dim() == 2 else audio[None]  # [B, S]
     window, fbank_t, lifted_dct_t = _recipe_matrices(x.dtype, x.device)
 
-    peak = x.detach().abs().amax(dim=1, keepdim=True)  # [B, 1]
-    x = x * torch.where(peak <= 1, 32768.0, 1.0).to(x.dtype)
+    x = x * int16_gain(x)
     y = torch.cat([x[:, :1], x[:, 1:] - PREEMPH * x[:, :-1]], dim=1)  # [B, S]
     frames = y.unfold(1, WIN, HOP) * window  # [B, F, WIN]
     spec = torch.fft.rfft(frames, n=NFFT).abs()  # [B, F, NFFT // 2 + 1]

@@ -1,32 +1,110 @@
-"""`fastdavs-eval RUN_OR_CHECKPOINT`: lip reading, audio-video retrieval, disentanglement probes
-and generation quality, as a metrics JSON and a readable table.
+"""`fastdavs-eval RUN_OR_CHECKPOINT`: lip reading, audio-video retrieval, disentanglement probes,
+generation quality and sync on held-out clips, as a metrics JSON and a readable table.
 
-The command line is final; the evaluation itself is delivered by issue 4.
+The evaluation itself is `fastdavs.evaluate`; this module finds the checkpoint, the data (the
+run's `run.json` unless --data is given) and where to write (RUN/eval.json unless --out).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import torch
+
+from fastdavs.checkpoint import CHECKPOINTS, TRAINER, latest_checkpoint, load_model
 from fastdavs.cli import run
-from fastdavs.errors import NotImplementedYet
+from fastdavs.errors import DataError, FastdavsError
+from fastdavs.evaluate import evaluate, format_table, write_results
+from fastdavs.trainer import RUN_FILE
 
 PROG = "fastdavs-eval"
+RESULTS_FILE = "eval.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a trained DAVS model.")
-    parser.add_argument("run_dir", metavar="RUN_OR_CHECKPOINT")
-    parser.add_argument("--data", metavar="DIR", help="prepared shards (default: SynthLRW test)")
-    parser.add_argument("--out", metavar="FILE", help="metrics JSON (default: beside the run)")
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory (its latest checkpoint) or a checkpoint directory",
+    )
+    parser.add_argument(
+        "--data", metavar="DIR", help="prepared shards (default: the run's, from RUN/run.json)"
+    )
+    parser.add_argument("--out", metavar="FILE", help="metrics JSON (default: RUN/eval.json)")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="clips to evaluate (default: test, the held-out identities; val if there is none)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="clips per pass")
+    parser.add_argument("--device", help="e.g. cpu, cuda:1 (default: cuda if available, else cpu)")
     return parser
 
 
+def _checkpoint(path: Path) -> Path:
+    """The checkpoint directory `path` names: itself, or a run directory's latest (if none is
+    intact, the run directory itself, whose loading then says what is wrong)."""
+    if (path / CHECKPOINTS).is_dir():
+        return latest_checkpoint(path) or path
+    return path
+
+
+def _run_dir(ckpt: Path) -> Path | None:
+    """The run directory holding checkpoint `ckpt` (RUN/checkpoints/NAME), if it is in one."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else None
+
+
+def _run_data(run_dir: Path | None, ckpt: Path) -> Path:
+    """The prepared shards a run was trained on, from RUN/run.json."""
+    if run_dir is None:
+        raise DataError(f"{ckpt}: not inside a run directory; pass --data DIR (prepared shards)")
+    path = run_dir / RUN_FILE
+    try:
+        data = json.loads(path.read_text()).get("data")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing, so the run's data is unknown; pass --data DIR") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: unreadable ({e}); pass --data DIR") from None
+    if not isinstance(data, str) or not data:
+        raise DataError(f'{path}: has no "data" entry; pass --data DIR')
+    return Path(data)
+
+
+def _trained_to(ckpt: Path) -> dict | None:
+    """{"stage", "step"} of the trainer state saved with `ckpt` (verified by load_model)."""
+    state = json.loads((ckpt / TRAINER).read_text())
+    if isinstance(state, dict) and {"stage", "step"} <= state.keys():
+        return {"stage": state["stage"], "step": state["step"]}
+    return None
+
+
 def _evaluate(argv: Sequence[str] | None) -> None:
-    build_parser().parse_args(argv)
-    raise NotImplementedYet("evaluation is not implemented yet (issue 4: fastdavs-eval)")
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise FastdavsError(f"--batch-size {args.batch_size}: must be at least 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise FastdavsError(f"--device {device}: not a device (cpu, cuda, cuda:1...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FastdavsError(f"--device {device}: CUDA is not available here; use --device cpu")
+    ckpt = _checkpoint(Path(args.run_dir))
+    model = load_model(ckpt)
+    run_dir = _run_dir(ckpt)
+    data = Path(args.data) if args.data else _run_data(run_dir, ckpt)
+    results = evaluate(model, data, split=args.split, batch_size=args.batch_size, device=device)
+    results["checkpoint"] = str(ckpt)
+    results["trained_to"] = _trained_to(ckpt)
+    out = write_results(results, Path(args.out) if args.out else (run_dir or ckpt) / RESULTS_FILE)
+    print(format_table(results))
+    print(f"written: {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ the generator and the discriminators, then calls these functions on their output
 the results with `LossWeights`. Weights belong to the caller, except for `reconstruction_loss`,
 whose two terms are weighted inside as in the original. Nothing here sums a total.
 
-- wid space:   `contrastive_loss` (audio <-> video sequence embeddings), `modality_*_loss`
+- wid space:   `contrastive_loss` (audio <-> video `sequence_embedding`s), `modality_*_loss`
                (audio-vs-video discriminator, GAN-style label flip for the encoders);
 - disentangle: `uniform_softmax_loss` (pid -> word and wid -> person adversaries, encoder step);
 - frames:      `reconstruction_loss`, `smoothness_loss`, `gan_loss`.
@@ -54,10 +54,25 @@ def _bce(
 
 
 # ---- word-ID space --------------------------------------------------------------------------
+def sequence_embedding(wid: torch.Tensor) -> torch.Tensor:
+    """The contrastive space's embedding of word-ID sequences: each row flattened frame-major
+    and L2-normalised, in at least float32 (what `contrastive_loss` compares; evaluation
+    retrieves with it).
+
+    Args:
+        wid: [B, T, D] per-frame word-ID features (or [B, D]).
+
+    Returns: [B, T*D].
+    """
+    return F.normalize(_wide(wid).flatten(1), dim=1)
+
+
 def contrastive_loss(
     audio_emb: torch.Tensor,
     video_emb: torch.Tensor,
     margin: float = LossWeights.contrastive_margin,
+    *,
+    backend: str = "ref",
 ) -> torch.Tensor:
     """L2 contrastive loss between paired audio and video sequence embeddings (`L2ContrastiveLoss`).
 
@@ -65,6 +80,9 @@ def contrastive_loss(
         audio_emb: [B, D] or [B, T, D] (flattened to [B, T*D], e.g. 12 x 256 = 3072).
         video_emb: same shape as `audio_emb`; row i is paired with audio row i.
         margin: negatives closer than this are pushed apart.
+        backend: ``"ref"`` (this function's own maths, the default), ``"auto"`` or ``"triton"``
+            (`fastdavs.kernels.contrastive.contrastive_loss`: the fused kernel on CUDA, O(B D)
+            memory, same value and gradients).
 
     Rows are L2-normalised, d_ij = ||v_i - a_j|| (video row i, audio column j) and
         loss = (sum_i d_ii^2 + sum_{i != j} max(0, margin - d_ij)^2) / (2B),
@@ -78,13 +96,18 @@ def contrastive_loss(
 
     Returns: 0-d tensor.
     """
+    if backend != "ref":
+        # Imported here: the kernel module imports this one (its reference).
+        from fastdavs.kernels.contrastive import contrastive_loss as fused
+
+        return fused(audio_emb, video_emb, margin, backend=backend)
     if audio_emb.shape != video_emb.shape or audio_emb.dim() < 2:
         raise ValueError(
             f"contrastive_loss: audio {tuple(audio_emb.shape)} and video "
             f"{tuple(video_emb.shape)} must have the same [B, D] or [B, T, D] shape"
         )
-    a = F.normalize(_wide(audio_emb).flatten(1), dim=1)  # [B, D]
-    v = F.normalize(_wide(video_emb).flatten(1), dim=1)  # [B, D]
+    a = sequence_embedding(audio_emb)  # [B, D]
+    v = sequence_embedding(video_emb)  # [B, D]
     b = a.shape[0]
     sq = (v[:, None, :] - a[None, :, :]).pow(2).sum(-1)  # [B, B] squared distances d_ij^2
     eps = torch.finfo(sq.dtype).eps

@@ -2,6 +2,7 @@
 
     RUN/metrics.jsonl ──plot_losses──► RUN/losses.png
     model + held-out batch ──sample_grid──► RUN/samples/gen_000500.png
+    model + held-out clip ──sample_video──► RUN/samples/gen_000500.mp4 (with the clip's sound)
 
 Both write to a temporary name and rename, so a viewer never sees half a file.
 """
@@ -9,24 +10,17 @@ Both write to a temporary name and rename, so a viewer never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fastdavs import steps
+from fastdavs.atomic import replace_with
+from fastdavs.data.shards import ShardSet
 from fastdavs.model import DavsModel
 
 SKIP_KEYS = {"stage", "step", "samples_per_s", "bad_steps"}
-
-
-def _replace_png(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def plot_losses(metrics: Path, out: Path) -> Path | None:
@@ -54,7 +48,8 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    path = _replace_png(out, lambda p: fig.savefig(p, dpi=100))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = replace_with(out, lambda p: fig.savefig(p, dpi=100))
     plt.close(fig)
     return path
 
@@ -78,4 +73,42 @@ def sample_grid(model: DavsModel, batch: dict, out: Path, clips: int = 4) -> Pat
         rows.append(row)
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
     bgr = cv2.cvtColor(np.ascontiguousarray(grid), cv2.COLOR_RGB2BGR)
-    return _replace_png(out, lambda p: cv2.imwrite(str(p), bgr))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return replace_with(out, lambda p: cv2.imwrite(str(p), bgr))
+
+
+@torch.no_grad()
+def sample_video(model: DavsModel, shards: ShardSet, index: int, out: Path) -> Path:
+    """An mp4 of audio-driven generation for clip `index` of `shards`, side by side with the
+    real frames: the clip's identity frame and its MFCC windows drive all 25 stored frames
+    (video frames FIRST_FRAME.. of the source clip), and the source clip's sound over the same
+    span plays with them. Frames are scaled up to at least 256 px high, for viewing."""
+    import cv2
+
+    from fastdavs.audio import FIRST_FRAME, SAMPLE_RATE
+    from fastdavs.data.video_io import read_clip, write_mp4
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    real = torch.from_numpy(np.array(shards.frames(index)))  # [T, A, A, 3] uint8
+    s, a = model.cfg.image_size, real.shape[1]
+    c = (a - s) // 2
+    real = real[:, c : c + s, c : c + s].permute(0, 3, 1, 2).float().div(255)  # [T, 3, S, S]
+    mfcc = torch.from_numpy(shards.mfcc(index).astype(np.float32))  # [T, 20, 12]
+    ident = model.encode_identity(real[:1].to(device))
+    fake = model.generate(ident, model.encode_audio(mfcc[None].to(device)))[0].cpu()
+    model.train(was_training)
+    pair = torch.cat((real, fake.float().clamp(0, 1)), dim=3)  # [T, 3, S, 2S]
+    video = pair.permute(0, 2, 3, 1).mul(255).round().byte().numpy()  # [T, S, 2S, 3]
+    scale = max(1, -(-256 // s))
+    video = np.stack(
+        [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for f in video]
+    )
+    audio = None
+    if shards.index.source:
+        source = Path(shards.index.source) / shards.clip_ids[index]
+        start = FIRST_FRAME * SAMPLE_RATE // 25
+        audio = read_clip(source).audio[start : start + len(video) * SAMPLE_RATE // 25]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_mp4(out, video, audio)

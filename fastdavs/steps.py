@@ -84,7 +84,7 @@ def forward(model: DavsModel, batch: dict, stage: str) -> Forward:
     g, start = cfg.gan_frames, batch["gen_start"]
     ident = model.encode_identity(batch["identity"])
     b, p = batch["adv_frames"].shape[:2]
-    net1 = model.encode_identity(batch["adv_frames"].flatten(0, 1)).net1
+    net1 = model.identity_encoder.net1(batch["adv_frames"].flatten(0, 1))  # [B*P, C1, h, w]
     net1 = net1.view(b, p, *net1.shape[1:])  # [B, P, C1, h, w]
     fake_a = model.generate(ident, take_run(wid_a, start, g))  # [B, G, 3, S, S]
     fake_v = model.generate(ident, take_run(wid_v, start, g))
@@ -132,10 +132,11 @@ def generator_loss(
     # Generation training detaches the video side of the contrastive loss (only audio is pulled
     # toward video); the wid stage trains both.
     video = fwd.wid_v.detach() if stage == "gen" else fwd.wid_v
+    margin, kb = w.contrastive_margin, cfg.kernel_backend
     terms = [
         (w.word_ce, "ce_audio", F.cross_entropy(model.word_classifier(fwd.wid_a), word)),
         (w.word_ce, "ce_video", F.cross_entropy(model.word_classifier(fwd.wid_v), word)),
-        (w.contrastive, "contrastive", contrastive_loss(fwd.wid_a, video, w.contrastive_margin)),
+        (w.contrastive, "contrastive", contrastive_loss(fwd.wid_a, video, margin, backend=kb)),
         (w.modality_flip, "modality_flip", modality_flip_loss(d(fwd.wid_a), d(fwd.wid_v))),
     ]
     if stage == "wid":

@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, metavar="N", help="bound each stage to N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--workers", type=int, metavar="N", help="data loader processes")
+    parser.add_argument(
+        "--no-disentangle",
+        action="store_true",
+        help="ablation: adversarial disentangling off (sets --loss-pid-uniform, "
+        "--loss-wid-uniform and --loss-adversary-ce to 0)",
+    )
+    parser.add_argument(
+        "--no-eval", action="store_true", help="skip fastdavs-eval at the end of training"
+    )
     add_config_args(parser, default_preset=None)
     parser.epilog = "--preset defaults to 'small' without a GPU and 'paper' with one."
     return parser
@@ -93,6 +102,11 @@ def _train(argv: Sequence[str] | None) -> None:
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args, args.preset or default_preset())
+    if args.no_disentangle:
+        cfg = dataclasses.replace(
+            cfg,
+            loss=dataclasses.replace(cfg.loss, pid_uniform=0.0, wid_uniform=0.0, adversary_ce=0.0),
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     distributed = _distributed()
     try:
@@ -119,6 +133,7 @@ def _train(argv: Sequence[str] | None) -> None:
             resume=args.resume,
             workers=args.workers,
             device=device,
+            evaluate=not args.no_eval,
         )
         Trainer(cfg, opts).run()
         if rank == 0:

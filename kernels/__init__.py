@@ -4,3 +4,34 @@ loss), each beside its plain-PyTorch reference. Installed from the top-level `ke
 The kernels are delivered by issue 5; the references they are tested against live in
 `fastdavs.audio` and `fastdavs.losses`.
 """
+
+from fastdavs.kernels.contrastive import (
+    ContrastiveBlocks,
+    contrastive_loss,
+    contrastive_loss_ref,
+    contrastive_workspace_bytes,
+)
+from fastdavs.kernels.dispatch import BACKENDS, KernelError
+from fastdavs.kernels.mfcc import MfccBlocks, mfcc, mfcc_ref
+from fastdavs.kernels.temporal_conv import (
+    fold_batchnorm,
+    temporal_conv,
+    temporal_conv_backend,
+    temporal_conv_ref,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ContrastiveBlocks",
+    "KernelError",
+    "MfccBlocks",
+    "contrastive_loss",
+    "contrastive_loss_ref",
+    "contrastive_workspace_bytes",
+    "fold_batchnorm",
+    "mfcc",
+    "mfcc_ref",
+    "temporal_conv",
+    "temporal_conv_backend",
+    "temporal_conv_ref",
+]

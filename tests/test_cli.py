@@ -23,7 +23,6 @@ COMMANDS = {
 UNBUILT = {
     "fastdavs-generate": ["--face", "f.png", "--audio", "a.wav", "-o", "o.mp4"],
     "fastdavs-build-engine": ["--checkpoint", "ckpt", "--out", "eng"],
-    "fastdavs-eval": ["runs/x"],
 }
 
 

@@ -14,20 +14,9 @@ import torch
 from fastdavs import steps
 from fastdavs.checkpoint import latest_checkpoint, load_checkpoint
 from fastdavs.config import DavsConfig
-from fastdavs.data.synth import SynthConfig, generate
-from fastdavs.prepare import prepare
+from fastdavs.data.video_io import read_clip
 from fastdavs.train import main as train_main
 from fastdavs.trainer import RunOptions, Trainer, TrainingError
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    generate(
-        SynthConfig(identities=4, held_out=2, words=3, takes=2, seed=5, size=64), root / "lrw", 1
-    )
-    prepare(root / "lrw", root / "shards", image_size=32, workers=1)
-    return root / "shards"
 
 
 def _records(run):
@@ -58,6 +47,26 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     assert cv2.imread(str(run / "samples/gen_000004.png")).shape == (4 * s, 7 * s, 3)
     _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
     assert state["done"] == list(steps.STAGES) and state["stage"] == "gen"
+    # The sample mp4: real | audio-driven, the 25 stored frames, with the clip's sound.
+    clip = read_clip(run / "samples/gen_000004.mp4")
+    assert clip.frames.shape == (25, 256, 512, 3) and clip.fps == 25
+    assert len(clip.audio) == pytest.approx(16000, abs=640) and clip.audio.std() > 0.01
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == str(shards.resolve()) and info["channels_last"]
+    # fastdavs-eval ran on the held-out identities at the end.
+    results = json.loads((run / "eval.json").read_text())
+    assert results["split"] == "test" and results["trained_to"] == {"stage": "gen", "step": 4}
+    assert 0 <= results["lip_reading"]["audio"] <= 1
+
+
+def test_no_disentangle_turns_the_adversaries_off(shards, tmp_path):
+    run = tmp_path / "run"
+    args = ("--data", str(shards), "--out", str(run), "--stage", "gen", "--steps", "1")
+    assert _train(*args, "--no-disentangle", "--no-eval") == 0
+    loss = DavsConfig.load(run / "config.json").loss
+    assert (loss.pid_uniform, loss.wid_uniform, loss.adversary_ce) == (0, 0, 0)
+    assert loss.reconstruction == DavsConfig.from_preset("tiny").loss.reconstruction
+    assert not (run / "eval.json").exists()
 
 
 def test_resume_matches_an_uninterrupted_run(shards, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastdavs.config import DavsConfig
-from fastdavs.model.layers import MfccConvBranch
+from fastdavs.model.layers import MfccConvBranch, TemporalConv1d, conv_bn_act
 
 
 class TemporalConvBranch(nn.Sequential):
@@ -26,26 +26,33 @@ class TemporalConvBranch(nn.Sequential):
     issues #21, #59); here every tensor is 3-D, so BatchNorm1d is right by construction.
     The original's "MaxPool2d(1, 3)" and "MaxPool2d(1, 2)" have kernel 1: they keep every 3rd and
     every 2nd step. They come after BatchNorm, whose training statistics span all steps, so the
-    stride cannot move into the preceding conv.
+    stride cannot move into the preceding conv in training. In eval mode on the Triton path it
+    does: BatchNorm folds into the conv, and each conv -> BN -> LeakyReLU -> subsample group runs
+    as one strided `temporal_conv` launch (a third of the first conv's work).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int]):
+    def __init__(self, in_channels: int, widths: tuple[int, int, int], backend: str = "auto"):
         c1, c2, c3 = widths
         super().__init__(
-            nn.Conv1d(in_channels, c1, 3, bias=False),  # F: 20 -> 18
+            TemporalConv1d(in_channels, c1, 3, bias=False, backend=backend),  # F: 20 -> 18
             nn.BatchNorm1d(c1),
             nn.LeakyReLU(0.2),
             nn.MaxPool1d(1, stride=3),  # -> 6
-            nn.Conv1d(c1, c2, 3, padding=1, bias=False),  # -> 6
+            TemporalConv1d(c1, c2, 3, padding=1, bias=False, backend=backend),  # -> 6
             nn.BatchNorm1d(c2),
             nn.LeakyReLU(0.2),
             nn.MaxPool1d(1, stride=2),  # -> 3
-            nn.Conv1d(c2, c3, 3, bias=False),  # -> 1
+            TemporalConv1d(c2, c3, 3, bias=False, backend=backend),  # -> 1
             nn.Flatten(1),  # [N, c3, 1] -> [N, c3]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, K, F] -> [N, c3]
-        return super().forward(x)
+        conv1, bn1, act1, pool1, conv2, bn2, act2, pool2, conv3, flatten = self
+        if not (conv1.fuses(x, bn1) and conv2.fuses(x, bn2)):
+            return super().forward(x)
+        x = conv_bn_act(x, conv1, bn1, act1, subsample=pool1.stride)  # [N, c1, 6]
+        x = conv_bn_act(x, conv2, bn2, act2, subsample=pool2.stride)  # [N, c2, 3]
+        return flatten(conv3(x))
 
 
 class AudioWordEncoder(nn.Module):
@@ -55,7 +62,9 @@ class AudioWordEncoder(nn.Module):
         super().__init__()
         ch = cfg.ch
         self.branch_a = MfccConvBranch(1, (ch(64), ch(128), ch(256), ch(512)), final_norm=False)
-        self.branch_b = TemporalConvBranch(cfg.mfcc_coeffs, (ch(64), ch(256), ch(512)))
+        self.branch_b = TemporalConvBranch(
+            cfg.mfcc_coeffs, (ch(64), ch(256), ch(512)), cfg.kernel_backend
+        )
         self.fc = nn.Linear(2 * ch(512), cfg.word_dim)
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,13 @@ class IdentityEncoder(nn.Module):
         # The original's AvgPool2d(8) over an 8x8 map; a global mean works at every image_size.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
+    def net1(self, images: torch.Tensor) -> torch.Tensor:
+        """Only the first stage: [N, 3, S, S] -> net1 [N, ch(64), S/4, S/4], what the
+        pid -> word adversary reads (a sixth of the encoder's FLOPs)."""
+        return self.stage1(self.pool(self.block01(images)))
+
     def forward(self, images: torch.Tensor) -> IdentityFeatures:
-        x = self.pool(self.block01(images))  # [N, ch(32), S/4, S/4]
-        net1 = self.stage1(x)  # [N, ch(64), S/4, S/4]
+        net1 = self.net1(images)  # [N, ch(64), S/4, S/4]
         net2 = self.stage2(self.pool(net1))  # [N, ch(160), S/8, S/8]
         net3 = self.stage3(self.pool(net2))  # [N, ch(320), S/16, S/16]
         net4 = self.stage4(self.pool(net3))  # [N, pid_dim, S/32, S/32]

@@ -17,25 +17,36 @@ import torch
 from torch import nn
 
 from fastdavs.config import DavsConfig
+from fastdavs.model.layers import TemporalConv1d, conv_bn_act
 
 
 class TemporalConvStack(nn.Sequential):
     """[B, C_in, T] -> [B, C, T]: two 3-tap convolutions over frames, dilation 1 then 2, each with
     BatchNorm and ReLU; receptive field 7 frames, zero padding keeps T.
 
-    Kept in one module so that a fused Triton temporal_conv can replace it as a whole.
-    Convolutions are bias-free because BatchNorm follows.
+    Convolutions are bias-free because BatchNorm follows. The convolutions run through
+    `temporal_conv`; in training BatchNorm needs the batch statistics of the whole conv output, so
+    only the conv is a kernel. In eval mode on the Triton path each conv -> BN -> ReLU is one
+    launch (BN folded into the weights, bias and ReLU in the kernel's epilogue).
     """
 
-    def __init__(self, in_channels: int, channels: int):
+    def __init__(self, in_channels: int, channels: int, backend: str = "auto"):
         super().__init__(
-            nn.Conv1d(in_channels, channels, 3, padding=1, bias=False),
+            TemporalConv1d(in_channels, channels, 3, padding=1, bias=False, backend=backend),
             nn.BatchNorm1d(channels),
             nn.ReLU(inplace=True),
-            nn.Conv1d(channels, channels, 3, padding=2, dilation=2, bias=False),
+            TemporalConv1d(
+                channels, channels, 3, padding=2, dilation=2, bias=False, backend=backend
+            ),
             nn.BatchNorm1d(channels),
             nn.ReLU(inplace=True),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C_in, T] -> [B, C, T]
+        conv1, bn1, act1, conv2, bn2, act2 = self
+        if not (conv1.fuses(x, bn1) and conv2.fuses(x, bn2)):
+            return super().forward(x)
+        return conv_bn_act(conv_bn_act(x, conv1, bn1, act1), conv2, bn2, act2)
 
 
 class WordClassifier(nn.Module):
@@ -53,7 +64,7 @@ class WordClassifier(nn.Module):
             nn.init.normal_(self.fc1.weight, 0.0, 1e-4)
             nn.init.zeros_(self.fc1.bias)
         else:
-            self.tcn = TemporalConvStack(cfg.word_dim, hidden)
+            self.tcn = TemporalConvStack(cfg.word_dim, hidden, cfg.kernel_backend)
         self.fc2 = nn.Linear(hidden, cfg.num_words)
 
     def forward(self, wid: torch.Tensor) -> torch.Tensor:  # [B, T, word_dim] -> [B, num_words]
