@@ -294,3 +294,17 @@ def test_audio_encoder_equals_original_formulation():
     expected = model.fc(torch.cat((model.branch_a(window), original_b(window).flatten(1)), 1))
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(model(mfcc), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_video_head_survives_an_all_negative_map():
+    # The original's ReLU before the Linear died in a `small` run (the one-channel map went
+    # negative everywhere, so every frame got the same word-ID vector and no gradient).
+    torch.manual_seed(0)
+    enc = VideoWordEncoder(DavsConfig.from_preset("tiny")).eval()
+    with torch.no_grad():
+        enc.head_conv.bias.fill_(-100.0)
+    frames = torch.rand(4, 3, 32, 32)
+    wid = enc(frames)
+    assert (wid - wid[:1]).abs().amax() > 1e-3  # still depends on the frame
+    wid.square().sum().backward()
+    assert enc.head_conv.weight.grad.abs().amax() > 0

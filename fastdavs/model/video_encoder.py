@@ -2,10 +2,11 @@
 
 A Face Alignment Network (FAN, Bulat & Tzimiropoulos 2017) truncated to one hourglass, whose
 landmark-heatmap layer feeds a small head: BN, ReLU, a stride-2 conv to one channel, flatten,
-ReLU, Linear. The audio word encoder maps MFCC windows into the same word-ID space. With the
-`paper` preset (256 px, width 1.0) the layer list is that of the original
-`network/FAN_feature_extractor.py` (`FanFusion`); other presets scale the channels with `cfg.ch`
-and the spatial sizes with `cfg.image_size`. Weights use PyTorch's default init, as the original.
+LeakyReLU (0.2; the original's ReLU can die there, see `forward`), Linear. The audio word
+encoder maps MFCC windows into the same word-ID space. With the `paper` preset (256 px, width
+1.0) the layer list is that of the original `network/FAN_feature_extractor.py` (`FanFusion`);
+other presets scale the channels with `cfg.ch` and the spatial sizes with `cfg.image_size`.
+Weights use PyTorch's default init, as the original.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdavs.config import DavsConfig
+
+
+HEAD_SLOPE = 0.2  # negative slope of the head's activation before the Linear
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -124,4 +128,7 @@ class VideoWordEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.head_norm(self.heatmaps(frames)))  # [N, L, S/4, S/4]
         x = self.head_conv(x).flatten(1)  # [N, 1, S/8, S/8] -> [N, (S/8)^2]
-        return self.fc(F.relu(x))  # [N, word_dim]
+        # The original has a ReLU here. On a single-channel map it can die for good: in a
+        # `small` run at lr 1e-3 every value of this map was negative for every frame, so the
+        # word-ID vector was the same constant for every input. A leaky ReLU keeps a gradient.
+        return self.fc(F.leaky_relu(x, HEAD_SLOPE))  # [N, word_dim]
