@@ -17,7 +17,6 @@ from torch import nn
 
 from fastdavs.config import DavsConfig
 
-
 HEAD_SLOPE = 0.2  # negative slope of the head's activation before the Linear
 
 
