@@ -2,23 +2,19 @@
 reference (`fastdavs.losses.contrastive_loss`) over named shapes and dtypes, guard bands around
 the gradients it writes, the absence of any [B, B] buffer, and dispatch.
 
-Without a GPU the kernels run on CPU under the Triton interpreter, with small tiles so that a
+Without a GPU the kernels run on CPU under the Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports them), with small tiles so that a
 test launches a few programs.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-if not torch.cuda.is_available():  # before triton decorates the kernels (conftest may have)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from fastdavs import losses  # noqa: E402
-from fastdavs.kernels.contrastive import (  # noqa: E402
+from fastdavs import losses
+from fastdavs.kernels.contrastive import (
     ContrastiveBlocks,
     KernelError,
     contrastive_backward,

@@ -2,24 +2,19 @@
 (`fastdavs.audio.mfcc`) for ragged lengths and both int16-gain branches, the folded DFT basis,
 silence, guard bands around the output, the output layout, and dispatch.
 
-Without a GPU the kernel runs on CPU under the Triton interpreter, with small tiles.
+Without a GPU the kernel runs on CPU under the Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports it), with small tiles.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from test_audio import speech_like
 
-if not torch.cuda.is_available():  # before triton decorates the kernels (conftest may have)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from test_audio import speech_like  # noqa: E402
-
-from fastdavs import audio as A  # noqa: E402
-from fastdavs.kernels.mfcc import (  # noqa: E402
+from fastdavs import audio as A
+from fastdavs.kernels.mfcc import (
     KernelError,
     MfccBlocks,
     _fused_matrices,
