@@ -210,7 +210,7 @@ class Trainer:
             "data": str(Path(o.data).resolve()),
             "stages": list(o.stages),
             "amp": o.amp,
-            "bf16_autocast": self.bf16_cpu or (o.amp and self.device.type == "cuda"),
+            "autocast": str(self._autocast_dtype()).removeprefix("torch.") if o.amp else None,
             "channels_last": o.channels_last,
             "device": o.device,
             "world_size": self.world,
@@ -317,14 +317,18 @@ class Trainer:
         )
 
     # ---- one step --------------------------------------------------------------------------
-    def _autocast(self):
-        if not self.opts.amp:
-            return contextlib.nullcontext()
+    def _autocast_dtype(self) -> torch.dtype:
+        """What `--amp` computes in here: fp16 on CUDA, bf16 on a CPU with native bf16, else
+        float32 (see `cpu_has_native_bf16`)."""
         if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        if self.bf16_cpu:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+            return torch.float16
+        return torch.bfloat16 if self.bf16_cpu else torch.float32
+
+    def _autocast(self):
+        dtype = self._autocast_dtype()
+        if not self.opts.amp or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _step(self, stage: str, batch: dict) -> dict[str, float] | None:
         """One D step then one G step; returns the loss parts, or None if the step was skipped."""

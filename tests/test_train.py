@@ -53,6 +53,7 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     assert len(clip.audio) == pytest.approx(16000, abs=640) and clip.audio.std() > 0.01
     info = json.loads((run / "run.json").read_text())
     assert info["data"] == str(shards.resolve()) and info["channels_last"]
+    assert info["autocast"] is None  # no --amp
     # fastdavs-eval ran on the held-out identities at the end.
     results = json.loads((run / "eval.json").read_text())
     assert results["split"] == "test" and results["trained_to"] == {"stage": "gen", "step": 4}
@@ -161,6 +162,7 @@ def test_amp_without_native_bf16_stays_float32(shards, tmp_path, monkeypatch, ca
     assert "no native bfloat16" in caplog.text
     with trainer._autocast():
         assert not torch.is_autocast_enabled("cpu")
+    assert trainer._run_info()["autocast"] == "float32"
     monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
     with Trainer(cfg, opts)._autocast():
         assert torch.is_autocast_enabled("cpu")
