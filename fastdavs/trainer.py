@@ -30,6 +30,7 @@ from pathlib import Path
 import nvtx
 import torch
 import torch.distributed as dist
+from torch.utils.data import default_collate
 from tqdm import tqdm
 
 import fastdavs
@@ -295,10 +296,7 @@ class Trainer:
             ds = DavsDataset(shards, self.cfg, train=False)
             n = min(4, len(ds))
             items = [ds[i * len(ds) // n] for i in range(n)]
-            batch = {
-                k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device)
-                for k in items[0]
-            }
+            batch = {k: v.to(self.device) for k, v in default_collate(items).items()}
             self._samples = (shards, batch)
         shards, batch = self._samples
         name = self.opts.out / f"samples/gen_{self.pos.step:06d}"
