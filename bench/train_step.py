@@ -1,683 +1,201 @@
-"""Cost of the DAVS training step on CPU: forward + backward of every module, per variant.
+"""One full training step, reference eager fp32 against the CPU fast path the trainer uses.
 
-    python bench/train_step.py [--preset small] [--batch-size 16] [--reps 3] [--cases ...]
-        [--variants fp32,channels_last,bf16,bf16_cl,threads1,no_mkldnn,width0.5_cl,compile]
-        [--compile-cases id_adv_net1,gen_gan] [--force-bf16] [--no-full-step]
-        [--no-heap-phase] [--out bench/results]
+    python bench/train_step.py [--presets tiny,small] [--stage gen] [--steps 6] [--rounds 2]
+        [--out bench/results]
 
-About 4-5 minutes on 2 idle cores by default (a cold torch.compile cache adds about a minute).
-Each case is one module's forward + backward on what one training step of B clips needs
-(spec/davs.md §3.4; N = images, windows or sequences through the module):
+About 3 minutes on 2 idle cores with the defaults. A step is what `fastdavs.trainer` runs per
+batch (`fastdavs.train_step.TrainStep`): `fastdavs.steps` forward, the D side (backward, Adam),
+the G side (backward, Adam), every loss of the stage, on `steps.example_batch` at the preset's
+batch size. Two arms:
 
-    id_pretrain   identity encoder + classifier on 4B single frames
-    id_identity   identity encoder on the B identity frames: pid vector + net2 skip
-    id_adv_full   identity encoder on B x adv_frames frames, loss on net1 (as fastdavs.steps)
-    id_adv_net1   the same frames through block01 + stage1 only: net1 is all the adversary reads
-    video         video word encoder on B x seq_len frames
-    audio         audio word encoder on B x seq_len MFCC windows
-    word_cls      shared word classifier on 2B sequences (audio + video)
-    heads         modality D and wid->person adversary on 2B x seq_len vectors, pid->word
-                  adversary on the B x adv_frames net1 maps
-    gen_seq       generator on B x 2 seq_len frames (audio- and video-driven, every frame)
-    gen_gan       generator on B x 2 gan_frames frames (the sequence-GAN run only)
-    dseq          sequence discriminator on 2B frame stacks (the G step's fakes)
+    reference  eager float32, contiguous (NCHW) tensors, kernel_backend "ref", glibc malloc
+               defaults
+    fast       what `python -m fastdavs.train --amp` does here: channels-last model and inputs,
+               `retain_heap`, `--amp` (bf16 autocast only where oneDNN has native bf16; this
+               script prints which), kernel_backend "auto"
 
-and step_pid / step_wid / step_gen are whole steps of the trainer (`fastdavs.steps` forward,
-D side backward + Adam, G side backward + Adam) on a batch shaped like DavsDataset's.
-
-Variants: fp32 (contiguous, all threads, oneDNN on: the reference), channels_last, bf16
-(`torch.autocast("cpu", bfloat16)`, what `--amp` does on CPU), bf16_cl, threads1, no_mkldnn
-(`torch.backends.mkldnn` off), width0.5_cl (and width0.5: the preset at width 0.5; does
-GFLOP/s rise with the channel count?), compile (`torch.compile` of the case's forward, with its
-compile time). After them, in a second phase, retain_heap: glibc told never to mmap or trim
-(`mallopt`), so that freed activations stay in the process instead of going back to the OS and
-being page-faulted in again on every step; it cannot be switched off again, so it runs last.
-
-Repetitions are interleaved (round r of every variant, then round r + 1), so that load from other
-processes hits all variants alike. `cpu%` is the process's CPU time over wall time x torch threads,
-a rough flag of contention (well under 100 for a multi-threaded variant: the process was
-descheduled; threads1 shows about 50 plus spin-waiting). `!` marks a row whose share is under 80 %.
-`faults` is the median number of minor page faults per step: memory the allocator had to get
-from the OS again (independent of load, unlike the times).
-Without native bf16 (the measured bf16 matmul rate below the fp32 one) bf16 runs only on the
-cases under 1 GFLOP; --force-bf16 runs it everywhere. FLOPs come from
-`torch.utils.flop_counter.FlopCounterMode` (forward + backward); %peak is against the fp32 matmul
-peak of DESIGN.md (155 GFLOP/s); the matmul peaks measured in this run are printed too. Times are
-medians [p20, p80] after one warm-up round (`time.perf_counter`). Writes train_step.json and
-train_step.csv to --out.
+Each arm runs in its own fresh process (the heap setting is process-wide and cannot be undone),
+starting from the same seed-0 weights and seeing the same batch on every step, so their losses
+differ only by numerics: step 1 compares the same weights; later steps add the drift of the
+updates. Arms alternate for `--rounds` rounds so that background load hits both alike; each
+process does one warm-up step, then `--steps` timed steps. Times are medians [p20, p80] over the
+timed steps of all rounds (`time.perf_counter`); samples/s is batch size over the median.
+`torch.compile` is not an arm: see `fastdavs.train_step` for why (measured slower, 409 s compile).
+Writes train_step.json and train_step.csv to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
-import dataclasses
-import functools
+import io
 import json
-import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-import typing
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from fastdavs import steps
+from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
-from fastdavs.trainer import STAGE_MODULES
+from fastdavs.steps import STAGES, example_batch
+from fastdavs.train_step import TrainStep, cpu_has_native_bf16, retain_heap
 
-NOMINAL_PEAK = 155.0  # GFLOP/s, fp32 matmul on the 2-core development machine (DESIGN.md)
-SMALL_CASE_GFLOP = 1.0  # below this a case is cheap enough to run in emulated bf16
-REFERENCE_ONLY = ("id_adv_full", "gen_seq")  # heavy baselines: fp32 / channels_last only
-THREADS = torch.get_num_threads()
-
-Step = Callable[[], torch.Tensor]  # one forward, returning the scalar to backpropagate
+ARMS = ("reference", "fast")
+TARGET = 3.0  # issue 5: small preset, fast path >= 3x the reference samples/s
 
 
-class Sample(typing.NamedTuple):
-    wall: float  # seconds
-    cpu: float  # process CPU seconds, all threads
-    faults: int  # minor page faults
-
-
-def timed_step(step: Callable[[], None]) -> Sample:
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    c, t = time.process_time(), time.perf_counter()
-    step()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    return Sample(wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-
-
-# ---- cases ----------------------------------------------------------------------------------
-def _cl(x: torch.Tensor, cl: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if cl else x
-
-
-def _images(n: int, s: int, cl: bool) -> torch.Tensor:
-    return _cl(torch.rand(n, 3, s, s), cl)
-
-
-def case_id_pretrain(m: DavsModel, b: int, cl: bool) -> Step:
-    x = _images(4 * b, m.cfg.image_size, cl)
-    labels = torch.randint(m.cfg.num_identities, (4 * b,))
-
-    def step():
-        return F.cross_entropy(m.identity_classifier(m.identity_encoder(x).vec).float(), labels)
-
-    return step
-
-
-def case_id_identity(m: DavsModel, b: int, cl: bool) -> Step:
-    x = _images(b, m.cfg.image_size, cl)
-
-    def step():
-        f = m.identity_encoder(x)
-        return f.vec.float().mean() + f.net2.float().mean()
-
-    return step
-
-
-def case_id_adv_full(m: DavsModel, b: int, cl: bool) -> Step:
-    x = _images(b * m.cfg.adv_frames, m.cfg.image_size, cl)
-    return lambda: m.identity_encoder(x).net1.float().mean()
-
-
-def case_id_adv_net1(m: DavsModel, b: int, cl: bool) -> Step:
-    x = _images(b * m.cfg.adv_frames, m.cfg.image_size, cl)
-    enc = m.identity_encoder
-    return lambda: enc.stage1(enc.pool(enc.block01(x))).float().mean()
-
-
-def case_video(m: DavsModel, b: int, cl: bool) -> Step:
-    x = _images(b * m.cfg.seq_len, m.cfg.image_size, cl)
-    return lambda: m.video_encoder(x).float().mean()
-
-
-def case_audio(m: DavsModel, b: int, cl: bool) -> Step:
-    x = torch.randn(b * m.cfg.seq_len, m.cfg.mfcc_steps, m.cfg.mfcc_coeffs) * 10
-    return lambda: m.audio_encoder(x).float().mean()
-
-
-def case_word_cls(m: DavsModel, b: int, cl: bool) -> Step:
-    wid = torch.randn(2 * b, m.cfg.seq_len, m.cfg.word_dim, requires_grad=True)
-    return lambda: m.word_classifier(wid).float().mean()
-
-
-def case_heads(m: DavsModel, b: int, cl: bool) -> Step:
-    c = m.cfg
-    wid = torch.randn(2 * b * c.seq_len, c.word_dim, requires_grad=True)
-    s = c.image_size // 4
-    net1 = _cl(torch.randn(b * c.adv_frames, c.ch(64), s, s), cl)
-    net1 = net1.view(b, c.adv_frames, *net1.shape[1:]).requires_grad_()
-
-    def step():
-        out = m.modality_discriminator(wid).float().mean()
-        out = out + m.wid_person_adversary(wid).float().mean()
-        return out + m.pid_word_adversary(net1).float().mean()
-
-    return step
-
-
-def _generator_case(m: DavsModel, b: int, cl: bool, frames: int) -> Step:
-    c = m.cfg
-    pid = torch.randn(b, c.pid_dim, requires_grad=True)
-    s = c.image_size // 8
-    skip = _cl(torch.randn(b, c.ch(160), s, s), cl).requires_grad_()
-    wid = torch.randn(b, frames, c.word_dim, requires_grad=True)
-    return lambda: m.generator(pid, skip, wid).float().mean()
-
-
-def case_gen_seq(m: DavsModel, b: int, cl: bool) -> Step:
-    return _generator_case(m, b, cl, 2 * m.cfg.seq_len)
-
-
-def case_gen_gan(m: DavsModel, b: int, cl: bool) -> Step:
-    return _generator_case(m, b, cl, 2 * m.cfg.gan_frames)
-
-
-def case_dseq(m: DavsModel, b: int, cl: bool) -> Step:
-    c = m.cfg
-    g, s = c.gan_frames, c.image_size
-    frames = torch.rand(2 * b, g, 3, s, s, requires_grad=True)
-    mfcc = torch.randn(2 * b, g, c.mfcc_steps, c.mfcc_coeffs) * 10
-
-    def step():
-        patch, sync = m.sequence_discriminator(frames, mfcc)
-        return patch.float().mean() + sync.float().mean()
-
-    return step
-
-
-CASES: dict[str, Callable[[DavsModel, int, bool], Step]] = {
-    "id_pretrain": case_id_pretrain,
-    "id_identity": case_id_identity,
-    "id_adv_full": case_id_adv_full,
-    "id_adv_net1": case_id_adv_net1,
-    "video": case_video,
-    "audio": case_audio,
-    "word_cls": case_word_cls,
-    "heads": case_heads,
-    "gen_seq": case_gen_seq,
-    "gen_gan": case_gen_gan,
-    "dseq": case_dseq,
-}
-
-
-def case_items(cfg: DavsConfig, b: int) -> dict[str, int]:
-    """N, the images / windows / sequences through each case's module."""
-    t, a, g = cfg.seq_len, cfg.adv_frames, cfg.gan_frames
+def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """4-D image tensors to channels-last (what the trainer's model then keeps)."""
     return {
-        "id_pretrain": 4 * b,
-        "id_identity": b,
-        "id_adv_full": a * b,
-        "id_adv_net1": a * b,
-        "video": t * b,
-        "audio": t * b,
-        "word_cls": 2 * b,
-        "heads": 2 * t * b,
-        "gen_seq": 2 * t * b,
-        "gen_gan": 2 * g * b,
-        "dseq": 2 * b,
+        k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+        for k, v in batch.items()
     }
 
 
-# ---- variants -------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    channels_last: bool = False
-    bf16: bool = False
-    threads: int | None = None  # None: torch's default
-    mkldnn: bool = True
-    width: float | None = None  # None: the preset's
-    compile: bool = False
-    retain_heap: bool = False  # second phase only
-
-
-VARIANTS = {
-    "fp32": Variant(),
-    "channels_last": Variant(channels_last=True),
-    "bf16": Variant(bf16=True),
-    "bf16_cl": Variant(bf16=True, channels_last=True),
-    "threads1": Variant(threads=1),
-    "no_mkldnn": Variant(mkldnn=False),
-    "width0.5": Variant(width=0.5),
-    "width0.5_cl": Variant(width=0.5, channels_last=True),
-    "compile": Variant(compile=True),
-}
-DEFAULT_VARIANTS = ",".join(v for v in VARIANTS if v != "width0.5")
-HEAP_VARIANTS = {
-    "fp32+retain_heap": Variant(retain_heap=True),
-    "channels_last+retain_heap": Variant(channels_last=True, retain_heap=True),
-}
-
-
-def retain_heap() -> bool:
-    """Tell glibc malloc to keep freed memory: no mmap for large blocks, no trimming.
-
-    Large activations are otherwise mmapped and unmapped on every step, and each step pays the
-    page faults (and, in a VM, the host's) again. Returns False where it is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-class Runner:
-    """One (case, variant): its model, inputs and step, timed by `run`."""
-
-    def __init__(self, case: str, variant: Variant, model: DavsModel, batch: int):
-        self.variant = variant
-        self.model = model
-        self.forward = CASES[case](model, batch, variant.channels_last)
-        self.compile_s: float | None = None
-
-    @contextlib.contextmanager
-    def _threads_and_mkldnn(self):
-        v = self.variant
-        if v.threads:
-            torch.set_num_threads(v.threads)
-        try:
-            with torch.backends.mkldnn.flags(enabled=v.mkldnn):
-                yield
-        finally:
-            torch.set_num_threads(THREADS)
-
-    def step(self) -> None:
-        self.model.zero_grad(set_to_none=True)
-        with self._threads_and_mkldnn():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.variant.bf16):
-                loss = self.forward()
-            loss.backward()
-
-    def compile(self) -> None:
-        """Compile the forward (AOTAutograd compiles the backward with it) on the first step."""
-        self.forward = torch.compile(self.forward)
+def worker(arm: str, preset: str, stage: str, steps: int) -> dict:
+    """Run one arm in this process: one warm-up step, then `steps` timed ones."""
+    fast = arm == "fast"
+    cfg = DavsConfig.from_preset(preset, kernel_backend="auto" if fast else "ref")
+    heap = retain_heap() if fast else False
+    torch.manual_seed(0)
+    model = DavsModel(cfg).train()
+    batch = example_batch(cfg, cfg.optim.batch_size)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+        batch = _channels_last(batch)
+    step = TrainStep(model, cfg, torch.device("cpu"), amp=fast)
+    step.make_optimizers(stage)
+    times, losses = [], []
+    for i in range(steps + 1):
         t = time.perf_counter()
-        self.step()
-        self.compile_s = time.perf_counter() - t
-
-    def run(self) -> Sample:
-        return timed_step(self.step)
-
-
-def count_flops(runner: Runner | StageStep) -> int:
-    with FlopCounterMode(display=False) as counter:
-        runner.step()
-    return counter.get_total_flops()
-
-
-# ---- whole stage steps ----------------------------------------------------------------------
-def stage_batch(cfg: DavsConfig, b: int, cl: bool) -> dict[str, torch.Tensor]:
-    """A collated batch shaped like DavsDataset's (see fastdavs.data.dataset)."""
-    s, t, a = cfg.image_size, cfg.seq_len, cfg.adv_frames
+        parts = step(stage, batch)
+        if i:
+            times.append(time.perf_counter() - t)
+        if parts is None:
+            raise SystemExit(f"{arm}/{preset}: step {i} was not finite")
+        losses.append(parts)
     return {
-        "identity": _images(b, s, cl),
-        "frames": torch.rand(b, t, 3, s, s),
-        "mfcc": torch.randn(b, t, cfg.mfcc_steps, cfg.mfcc_coeffs) * 10,
-        "gen_start": torch.randint(t - cfg.gan_frames + 1, (b,)),
-        "adv_frames": torch.rand(b, a, 3, s, s),
-        "word": torch.randint(cfg.num_words, (b,)),
-        "identity_label": torch.randint(cfg.num_identities, (b,)),
+        "times": times,
+        "losses": losses,
+        "retain_heap": heap,
+        "autocast": str(step.autocast_dtype()).removeprefix("torch.") if fast else None,
+        "threads": torch.get_num_threads(),
     }
 
 
-class StageStep:
-    """One training step of a stage as `fastdavs.trainer` runs it: `fastdavs.steps` forward,
-    then the D side (backward, Adam) and the G side (backward, Adam); pid has only a G side.
-    The finiteness checks, logging and data loading of the trainer are left out."""
-
-    def __init__(self, stage: str, variant: Variant, cfg: DavsConfig, b: int):
-        torch.manual_seed(0)
-        self.stage, self.variant = stage, variant
-        self.model = DavsModel(cfg).train()
-        if variant.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.batch = stage_batch(cfg, b, variant.channels_last)
-        self.opts = {}
-        for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
-            params = [p for n in names for p in getattr(self.model, n).parameters()]
-            if params:
-                self.opts[side] = torch.optim.Adam(params, lr=cfg.optim.lr)
-
-    def _apply(self, side: str, loss: torch.Tensor) -> None:
-        self.opts[side].zero_grad(set_to_none=True)
-        loss.backward()
-        self.opts[side].step()
-
-    def step(self) -> None:
-        m, batch, stage = self.model, self.batch, self.stage
-        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.variant.bf16)
-        if stage == "pid":
-            with amp:
-                loss, _ = steps.pid_loss(m, batch)
-            self._apply("g", loss)
-            return
-        with amp:
-            fwd = steps.forward(m, batch, stage)
-            d_loss, _ = steps.discriminator_loss(m, fwd, batch)
-        self._apply("d", d_loss)
-        with amp:
-            g_loss, _ = steps.generator_loss(m, fwd, batch, stage)
-        self._apply("g", g_loss)
-
-    def run(self) -> Sample:
-        return timed_step(self.step)
-
-
-# ---- calibration ----------------------------------------------------------------------------
-def matmul_gflops(dtype: torch.dtype, n: int, reps: int = 3) -> float:
-    """Best of `reps` n x n matmuls, GFLOP/s."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    return sorted(f for f in line.split() if f.startswith(("avx512", "amx", "avx2", "fma")))
-
-
-def _contended(samples: list[Sample], threads: int) -> bool:
-    """True when the median CPU share says the process did not get its `threads` cores."""
-    share = statistics.median(s.cpu / (s.wall * threads) for s in samples)
-    return threads > 1 and share < 0.8
+def _spawn(arm: str, preset: str, stage: str, steps: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", arm, "--presets", preset, "--stage", stage]
+    done = subprocess.run(cmd + ["--steps", str(steps)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{arm} worker for {preset} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) == 1:
-        return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=10, method="inclusive")
     return statistics.median(xs), q[1], q[7]
 
 
-# ---- main -----------------------------------------------------------------------------------
+def _loss_gap(a: dict[str, float], b: dict[str, float]) -> tuple[str, float]:
+    """The loss part with the largest relative difference between two steps' parts."""
+    gaps = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a}
+    name = max(gaps, key=gaps.get)
+    return name, gaps[name]
+
+
+def compare(preset: str, stage: str, steps: int, rounds: int) -> dict:
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for r in range(rounds):
+        for arm in ARMS:
+            runs[arm].append(_spawn(arm, preset, stage, steps))
+            print(f"  {preset} round {r + 1}/{rounds}: {arm} done", flush=True)
+    batch = DavsConfig.from_preset(preset).optim.batch_size
+    row: dict = {"preset": preset, "stage": stage, "batch": batch}
+    for arm in ARMS:
+        med, p20, p80 = _quantiles([t for run in runs[arm] for t in run["times"]])
+        row |= {f"{arm}_ms": med * 1e3, f"{arm}_p20_ms": p20 * 1e3, f"{arm}_p80_ms": p80 * 1e3}
+        row[f"{arm}_samples_per_s"] = batch / med
+    row["speedup"] = row["fast_samples_per_s"] / row["reference_samples_per_s"]
+    ref, fast = runs["reference"][0]["losses"], runs["fast"][0]["losses"]
+    row["loss_gap_step1"], row["loss_gap_step1_part"] = _loss_gap(ref[0], fast[0])[::-1]
+    row["loss_gap_last"], row["loss_gap_last_part"] = _loss_gap(ref[-1], fast[-1])[::-1]
+    row["fast_autocast"] = runs["fast"][0]["autocast"]
+    row["fast_retain_heap"] = runs["fast"][0]["retain_heap"]
+    row["threads"] = runs["fast"][0]["threads"]
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per step (B)")
-    parser.add_argument("--reps", type=int, default=3, help="timed rounds after 1 warm-up")
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
-    parser.add_argument(
-        "--compile-cases",
-        default="id_adv_net1,gen_gan",
-        help="cases for the compile variant ('all' for every case; a cold compile of one "
-        "module takes about 0.5-1.5 min on 2 cores, a warm-cache one about 5 s)",
-    )
-    parser.add_argument("--no-full-step", action="store_true", help="skip the whole-step timing")
-    parser.add_argument("--no-heap-phase", action="store_true", help="skip retain_heap")
-    parser.add_argument("--force-bf16", action="store_true", help="bf16 on every case")
+    parser.add_argument("--presets", default="tiny,small")
+    parser.add_argument("--stage", default="gen", choices=STAGES)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per arm, alternating")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.presets, args.stage, args.steps)))
+        return 0
+    if args.steps < 2 or args.rounds < 1:
+        parser.error("--steps must be at least 2 and --rounds at least 1")
 
-    start = time.perf_counter()
-    cfg = DavsConfig.from_preset(args.preset)
-    b = args.batch_size
-    cases = [c for c in args.cases.split(",") if c]
-    variants = [v for v in args.variants.split(",") if v]
-    for name in cases:
-        if name not in CASES:
-            parser.error(f"unknown case {name!r}: choose from {', '.join(CASES)}")
-    for name in variants:
-        if name not in VARIANTS:
-            parser.error(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
-    compile_cases = cases if args.compile_cases == "all" else args.compile_cases.split(",")
-
-    peak32 = matmul_gflops(torch.float32, 2048)
-    peak16 = matmul_gflops(torch.bfloat16, 512, reps=2)
-    native_bf16 = peak16 > peak32
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     env = {
-        "preset": cfg.preset,
-        "batch_size": b,
-        "image_size": cfg.image_size,
-        "width": cfg.width,
-        "threads": THREADS,
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_flags": cpu_flags(),
+        "native_bf16": cpu_has_native_bf16(),
         "machine": platform.processor() or platform.machine(),
-        "git": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
-        "matmul_fp32_gflops": peak32,
-        "matmul_bf16_gflops": peak16,
-        "native_bf16": native_bf16,
-        "mkldnn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-        "nominal_peak_gflops": NOMINAL_PEAK,
-        "loadavg_start": os.getloadavg(),
+        "git": git.stdout.strip(),
     }
     print(
-        f"{cfg.preset} preset, batch {b}, {THREADS} threads, torch {torch.__version__}, "
-        f"CPU capability {env['cpu_capability']}, git {env['git']}\n"
-        f"matmul peak this run: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s "
-        f"(native bf16: {'yes' if native_bf16 else 'no'}); load {os.getloadavg()[0]:.2f}",
+        f"{args.stage} step, reference eager fp32 vs fast path; torch {env['torch']}, "
+        f"CPU {env['cpu_capability']}, native bf16: {'yes' if env['native_bf16'] else 'no'}, "
+        f"git {env['git']}",
         flush=True,
     )
-
-    models: dict[tuple[float, bool], DavsModel] = {}
-
-    def model_for(v: Variant) -> DavsModel:
-        key = (v.width or cfg.width, v.channels_last)
-        if key not in models:
-            torch.manual_seed(0)
-            m = DavsModel(dataclasses.replace(cfg, width=key[0])).train()
-            models[key] = m.to(memory_format=torch.channels_last) if v.channels_last else m
-        return models[key]
-
-    # Everything timed is keyed (case, variant); phase 2 runs after retain_heap().
-    runners: dict[tuple[str, str], Runner | StageStep] = {}
-    phase2: dict[tuple[str, str], Callable[[], Runner | StageStep]] = {}
-    flops: dict[tuple[str, str], int] = {}
-    skipped: dict[tuple[str, str], str] = {}
-    module_flops: dict[tuple[str, float], int] = {}
-    for case in cases:
-        for vname in variants:
-            v = VARIANTS[vname]
-            if case in REFERENCE_ONLY and vname not in ("fp32", "channels_last"):
-                continue
-            if v.compile and case not in compile_cases:
-                continue
-            r = Runner(case, v, model_for(v), b)
-            width = v.width or cfg.width
-            if (case, width) not in module_flops:
-                module_flops[case, width] = count_flops(r)
-            flops[case, vname] = module_flops[case, width]
-            emulated_bf16 = v.bf16 and not (native_bf16 or args.force_bf16)
-            if emulated_bf16 and flops[case, vname] / 1e9 > SMALL_CASE_GFLOP:
-                skipped[case, vname] = (
-                    f"no native bf16 (bf16 matmul {peak16:.1f} vs fp32 {peak32:.0f} "
-                    "GFLOP/s): emulated bf16 would take minutes; --force-bf16 runs it"
-                )
-                continue
-            if v.compile:
-                try:
-                    r.compile()
-                except Exception as e:  # noqa: BLE001 - report any compiler failure and go on
-                    skipped[case, vname] = f"torch.compile failed: {type(e).__name__}: {e}"[:300]
-                    continue
-                print(f"compiled {case}: {r.compile_s:.1f} s (first step included)", flush=True)
-            runners[case, vname] = r
-        if (case, cfg.width) not in module_flops:
-            module_flops[case, cfg.width] = count_flops(
-                Runner(case, Variant(), model_for(Variant()), b)
-            )
-        for vname, v in HEAP_VARIANTS.items():
-            phase2[case, vname] = functools.partial(Runner, case, v, model_for(v), b)
-            flops[case, vname] = module_flops[case, cfg.width]
-    if not args.no_full_step:
-        for stage in steps.STAGES:
-            for vname in ("fp32", "channels_last"):
-                key = (f"step_{stage}", vname)
-                runners[key] = StageStep(stage, VARIANTS[vname], cfg, b)
-                flops[key] = count_flops(runners[key])
-            for vname, v in HEAP_VARIANTS.items():
-                phase2[f"step_{stage}", vname] = functools.partial(StageStep, stage, v, cfg, b)
-                flops[f"step_{stage}", vname] = flops[f"step_{stage}", "fp32"]
-
-    def measure(keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[Sample]]:
-        out: dict[tuple[str, str], list[Sample]] = {k: [] for k in keys}
-        for rnd in range(args.reps + 1):
-            for key in keys:
-                sample = runners[key].run()
-                if rnd:  # round 0 is the warm-up
-                    out[key].append(sample)
-            print(f"round {rnd + 1}/{args.reps + 1} done ({time.perf_counter() - start:.0f} s)")
-        return out
-
-    samples = measure(list(runners))
-    env["loadavg_phase1_end"] = os.getloadavg()
-    if phase2 and not args.no_heap_phase:
-        if retain_heap():
-            env["matmul_fp32_gflops_phase2"] = matmul_gflops(torch.float32, 2048)
-            for key, make in phase2.items():
-                runners[key] = make()
-            samples.update(measure(list(phase2)))
-        else:
-            print("retain_heap: not glibc, phase 2 skipped")
-    env["loadavg_end"] = os.getloadavg()
-
-    # ---- report -----------------------------------------------------------------------------
-    items = case_items(cfg, b)
-    rows = []
-    for key in list(flops):
-        case, vname = key
-        v = VARIANTS.get(vname) or HEAP_VARIANTS.get(vname) or Variant()
-        row = {"case": case, "variant": vname, "n": items.get(case, b)}
-        row["width"] = v.width or cfg.width
-        if key in skipped:
-            rows.append(row | {"skipped": skipped[key]})
-            continue
-        if key not in samples:
-            continue
-        ref = samples.get((case, "fp32"))
-        ref_ms = statistics.median(s.wall for s in ref) * 1e3 if ref else None
-        med, p20, p80 = _quantiles([s.wall for s in samples[key]])
-        gflop = flops[key] / 1e9
-        row.update(
-            gflop=gflop,
-            ms=med * 1e3,
-            p20_ms=p20 * 1e3,
-            p80_ms=p80 * 1e3,
-            gflops=gflop / med,
-            peak_share=gflop / med / NOMINAL_PEAK,
-            vs_fp32=ref_ms / (med * 1e3) if ref_ms else None,
-            cpu_share=statistics.median(s.cpu / (s.wall * THREADS) for s in samples[key]),
-            faults=statistics.median(s.faults for s in samples[key]),
-            contended=_contended(samples[key], v.threads or THREADS),
-            compile_s=getattr(runners[key], "compile_s", None),
-        )
-        rows.append(row)
-    order = {c: i for i, c in enumerate([*cases, *(f"step_{s}" for s in steps.STAGES)])}
-    rows.sort(key=lambda r: order[r["case"]])  # stable: variants stay in run order
+    rows = [compare(p, args.stage, args.steps, args.rounds) for p in args.presets.split(",")]
 
     head = (
-        f"{'case':12s} {'variant':26s} {'N':>4s} {'GFLOP':>7s} {'ms':>8s} {'[p20':>8s} "
-        f"{'p80]':>8s} {'GFLOP/s':>7s} {'%peak':>6s} {'x fp32':>6s} {'cpu%':>5s} {'faults':>7s}"
+        f"{'preset':7s} {'batch':>5s} {'reference ms [p20, p80]':>26s} {'fast ms [p20, p80]':>26s}"
+        f" {'ref/s':>7s} {'fast/s':>7s} {'speedup':>7s}  loss gap step 1 / last"
     )
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
-        if "skipped" in r:
-            print(f"{r['case']:12s} {r['variant']:26s} skipped: {r['skipped']}")
-            continue
-        ratio = f"{r['vs_fp32']:6.2f}" if r["vs_fp32"] else f"{'':6s}"
-        extra = f"  compile {r['compile_s']:.0f} s" if r["compile_s"] else ""
+        ref = f"{r['reference_ms']:.0f} [{r['reference_p20_ms']:.0f}, {r['reference_p80_ms']:.0f}]"
+        fast = f"{r['fast_ms']:.0f} [{r['fast_p20_ms']:.0f}, {r['fast_p80_ms']:.0f}]"
         print(
-            f"{r['case']:12s} {r['variant']:26s} {r['n']:4d} {r['gflop']:7.2f} {r['ms']:8.1f} "
-            f"{r['p20_ms']:8.1f} {r['p80_ms']:8.1f} {r['gflops']:7.1f} "
-            f"{100 * r['peak_share']:5.1f}% {ratio} {100 * r['cpu_share']:4.0f}%"
-            f"{'!' if r['contended'] else ' '}{r['faults']:7.0f}{extra}"
+            f"{r['preset']:7s} {r['batch']:5d} {ref:>26s} {fast:>26s} "
+            f"{r['reference_samples_per_s']:7.1f} {r['fast_samples_per_s']:7.1f} "
+            f"{r['speedup']:6.2f}x  {r['loss_gap_step1']:.1e} ({r['loss_gap_step1_part']}) / "
+            f"{r['loss_gap_last']:.1e} ({r['loss_gap_last_part']})"
         )
-    print("x fp32: the fp32 row's median over this row's; above 1 is faster")
-    contended = [f"{r['case']}/{r['variant']}" for r in rows if r.get("contended")]
-    if contended:
-        print(
-            f"! {len(contended)} rows ran with the process descheduled (other load on the "
-            "machine): their times and ratios are not trustworthy; rerun on an idle machine"
-        )
-
-    stage_report = stage_estimates(rows, b)
-    for line in stage_report["lines"]:
-        print(line)
     print(
-        f"\nload average: start {env['loadavg_start'][0]:.2f}, end {env['loadavg_end'][0]:.2f}; "
-        f"total {time.perf_counter() - start:.0f} s"
+        "speedup: fast samples/s over reference samples/s. loss gap: largest relative difference "
+        "of a loss part between the arms (same weights and batch at step 1)."
     )
+    for r in rows:
+        if r["preset"] == "small":
+            verdict = "met" if r["speedup"] >= TARGET else "NOT met"
+            print(f"target: small fast path >= {TARGET:.0f}x: {verdict} ({r['speedup']:.2f}x)")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"env": env, "rows": rows, "stages": stage_report["stages"]}
-    (out / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
-    fields = ["case", "variant", "n", "width", "gflop", "ms", "p20_ms", "p80_ms", "gflops"]
-    fields += ["peak_share", "vs_fp32", "cpu_share", "contended", "faults", "compile_s"]
-    fields += ["skipped"]
-    with (out / "train_step.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_json(out / "train_step.json", {"env": env, "steps": args.steps, "rows": rows})
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "train_step.csv", table.getvalue())
     print(f"wrote {out / 'train_step.json'} and {out / 'train_step.csv'}")
     return 0
-
-
-# Stage steps as sums of cases (ms per step of B clips), to set beside the measured step_* rows
-# and to price changes. The gen D step is taken as 1.5 dseq (real B + fake 2B stacks) plus the
-# heads, on the G step's detached activations, as fastdavs.steps does.
-_GEN_COMMON = ("id_identity", "video", "audio", "word_cls", "heads", "heads", "dseq", "dseq")
-STAGE_SUMS = {
-    "wid": ("video", "audio", "word_cls", "heads"),
-    "gen as fastdavs.steps (gan run only, full adversary pass)": (
-        *_GEN_COMMON,
-        "dseq/2",
-        "id_adv_full",
-        "gen_gan",
-    ),
-    "gen, adversary frames to net1 only": (*_GEN_COMMON, "dseq/2", "id_adv_net1", "gen_gan"),
-    "gen, every sequence frame generated": (*_GEN_COMMON, "dseq/2", "id_adv_full", "gen_seq"),
-}
-
-
-def stage_estimates(rows: list[dict], b: int) -> dict:
-    ms = {(r["case"], r["variant"]): r["ms"] for r in rows if "ms" in r}
-    stages: dict[str, dict[str, float]] = {}
-    lines = [f"\nstage step estimates (sum of case medians, batch {b}):"]
-    for variant in ("fp32", "channels_last", "fp32+retain_heap", "channels_last+retain_heap"):
-        for stage, parts in STAGE_SUMS.items():
-            total = 0.0
-            for p in parts:
-                name, scale = (p[:-2], 0.5) if p.endswith("/2") else (p, 1.0)
-                if (name, variant) not in ms:
-                    break
-                total += scale * ms[name, variant]
-            else:
-                stages.setdefault(variant, {})[stage] = total
-                lines.append(f"  {variant:26s} {stage:56s} {total:6.0f} ms/step")
-    return {"stages": stages, "lines": lines}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import take_run
 from fastdavs.losses import (
     contrastive_loss,
@@ -50,6 +51,27 @@ def _person_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not known.any():
         return logits.sum() * 0
     return F.cross_entropy(logits[known], labels[known])
+
+
+def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random collated batch shaped like DavsDataset's (for tests and benchmarks): smooth
+    frames a generator can fit (bilinear upsampling of 4x4 noise), MFCC-scaled windows."""
+    g = torch.Generator().manual_seed(seed)
+    b, s, L, P = batch_size, cfg.image_size, cfg.seq_len, cfg.adv_frames
+
+    def frames(n: int) -> torch.Tensor:  # [B, n, 3, S, S]
+        coarse = torch.rand(b * n, 3, 4, 4, generator=g)
+        return F.interpolate(coarse, size=(s, s), mode="bilinear").view(b, n, 3, s, s)
+
+    return {
+        "identity": frames(1)[:, 0],
+        "frames": frames(L),
+        "mfcc": torch.randn(b, L, cfg.mfcc_steps, cfg.mfcc_coeffs, generator=g) * 10,
+        "gen_start": torch.randint(L - cfg.gan_frames + 1, (b,), generator=g),
+        "adv_frames": frames(P),
+        "word": torch.randint(cfg.num_words, (b,), generator=g),
+        "identity_label": torch.randint(cfg.num_identities, (b,), generator=g),
+    }
 
 
 # ---- pid ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ a non-finite guard, mixed precision, NVTX ranges and multi-process data parallel
     shards ──DavsDataset/make_loader──► batch ──steps.forward──► D step ──► G step ──► log
                                                                    └── every N: checkpoint
 
+One step (optimisers, precision, gradient all-reduce) is `fastdavs.train_step.TrainStep`.
 Each stage has its own Adam optimisers (lr and betas from `cfg.optim`): `pid` trains the
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
 classifier (G) against the modality discriminator (D); `gen` the whole generator side (G)
@@ -19,7 +20,6 @@ all-reduce after each backward; rank 0 alone logs and saves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -43,33 +43,11 @@ from fastdavs.data.shards import ShardSet
 from fastdavs.errors import FastdavsError
 from fastdavs.model import DavsModel
 from fastdavs.runlog import plot_losses, sample_grid, sample_video
+from fastdavs.train_step import TrainStep, retain_heap
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # how the run was made; fastdavs-eval reads its "data"
-
-# Modules each stage's optimisers own: (generator side, discriminator side).
-STAGE_MODULES = {
-    "pid": (("identity_encoder", "identity_classifier"), ()),
-    "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
-    "gen": (
-        ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
-        (
-            "modality_discriminator",
-            "pid_word_adversary",
-            "wid_person_adversary",
-            "sequence_discriminator",
-        ),
-    ),
-}
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 / AMX); without it, bf16
-    convolutions fall back to a slow reference path (measured 10-13x slower steps on AVX2)."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
 
 
 class TrainingError(FastdavsError):
@@ -89,6 +67,7 @@ class RunOptions:
     workers: int | None = None  # loader processes (default: dataset.default_num_workers)
     device: str = "cpu"
     channels_last: bool = True  # NHWC convolutions (1.1-1.3x faster steps on CPU)
+    retain_heap: bool = True  # on CPU, keep freed memory in the process (train_step.retain_heap)
     evaluate: bool = True  # fastdavs-eval on held-out identities at the end (RUN/eval.json)
 
 
@@ -110,6 +89,7 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.device = torch.device(opts.device)
+        self.heap_retained = opts.retain_heap and self.device.type == "cpu" and retain_heap()
         torch.manual_seed(cfg.schedule.seed)
         self.model = DavsModel(cfg).to(self.device)
         if opts.channels_last:
@@ -135,28 +115,12 @@ class Trainer:
             world=self.world,
         )
         self.pos = _Position()
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.scaler = torch.amp.GradScaler("cuda", enabled=opts.amp and self.device.type == "cuda")
-        self.bf16_cpu = opts.amp and self.device.type == "cpu" and cpu_has_native_bf16()
-        if opts.amp and self.device.type == "cpu" and not self.bf16_cpu:
-            log.warning(
-                "--amp: this CPU has no native bfloat16 (oneDNN reports none); bf16 autocast "
-                "would run the convolutions about 10x slower, so training stays in float32"
-            )
+        self.step = TrainStep(self.model, cfg, self.device, opts.amp, self.world)
         self.metrics_path = opts.out / "metrics.jsonl"
         self._last_parts: dict[str, float] = {}
-        self._bad_parts: dict[str, float] = {}
         self._samples: tuple[ShardSet, dict] | None = None
 
     # ---- setup -----------------------------------------------------------------------------
-    def _make_optimizers(self, stage: str) -> None:
-        o = self.cfg.optim
-        self.optimizers = {}
-        for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
-            params = [p for n in names for p in getattr(self.model, n).parameters()]
-            if params:
-                self.optimizers[side] = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2))
-
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.opts.out)
         if ckpt is None:
@@ -164,8 +128,8 @@ class Trainer:
         _, state = load_checkpoint(ckpt, expect_config=self.cfg, restore_rng=False)
         self.pos = _Position(**state)
         self._truncate_metrics()
-        self._make_optimizers(self.pos.stage)
-        load_checkpoint(ckpt, self.model, self.optimizers, scaler=self.scaler)
+        self.step.make_optimizers(self.pos.stage)
+        load_checkpoint(ckpt, self.model, self.step.optimizers, scaler=self.step.scaler)
         log.info("resumed from %s (stage %s, step %d)", ckpt, self.pos.stage, self.pos.step)
 
     def _save(self) -> None:
@@ -176,8 +140,8 @@ class Trainer:
                 self.opts.out,
                 name,
                 self.model,
-                self.optimizers,
-                scaler=self.scaler,
+                self.step.optimizers,
+                scaler=self.step.scaler,
                 trainer_state=self.pos.__dict__.copy(),
             )
 
@@ -194,9 +158,9 @@ class Trainer:
                 continue
             if stage != self.pos.stage:
                 self.pos = _Position(stage=stage, bad_steps=self.pos.bad_steps, done=self.pos.done)
-                self._make_optimizers(stage)
-            elif not self.optimizers:
-                self._make_optimizers(stage)
+                self.step.make_optimizers(stage)
+            elif not self.step.optimizers:
+                self.step.make_optimizers(stage)
             self._run_stage(stage)
             if self.pos.step >= getattr(self.cfg.schedule, f"{stage}_steps"):
                 self.pos.done.append(stage)  # a run bounded by --steps can resume the stage
@@ -211,8 +175,9 @@ class Trainer:
             "data": str(Path(o.data).resolve()),
             "stages": list(o.stages),
             "amp": o.amp,
-            "autocast": str(self._autocast_dtype()).removeprefix("torch.") if o.amp else None,
+            "autocast": str(self.step.autocast_dtype()).removeprefix("torch.") if o.amp else None,
             "channels_last": o.channels_last,
+            "retain_heap": self.heap_retained,
             "device": o.device,
             "world_size": self.world,
             "max_steps": o.max_steps,
@@ -262,7 +227,7 @@ class Trainer:
         while self.pos.step < total:
             with nvtx.annotate("data", color="blue"):
                 batch = next(batches)
-            parts = self._step(stage, batch)
+            parts = self.step(stage, batch)
             self.pos.consumed += self.cfg.optim.batch_size
             self.pos.step += 1
             seen += self.cfg.optim.batch_size * self.world
@@ -305,7 +270,7 @@ class Trainer:
 
     def _bad_message(self, stage: str, n: int) -> str:
         where = f"stage {stage} step {self.pos.step}"
-        bad = {k: v for k, v in self._bad_parts.items() if not math.isfinite(v)}
+        bad = {k: v for k, v in self.step.bad_parts.items() if not math.isfinite(v)}
         what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "a non-finite gradient"
         last = latest_checkpoint(self.opts.out)
         return (
@@ -313,70 +278,6 @@ class Trainer:
             f"checkpoint is {last or 'none yet'}; resume with --resume after lowering "
             "--optim-lr or the loss weights"
         )
-
-    # ---- one step --------------------------------------------------------------------------
-    def _autocast_dtype(self) -> torch.dtype:
-        """What `--amp` computes in here: fp16 on CUDA, bf16 on a CPU with native bf16, else
-        float32 (see `cpu_has_native_bf16`)."""
-        if self.device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if self.bf16_cpu else torch.float32
-
-    def _autocast(self):
-        dtype = self._autocast_dtype()
-        if not self.opts.amp or dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def _step(self, stage: str, batch: dict) -> dict[str, float] | None:
-        """One D step then one G step; returns the loss parts, or None if the step was skipped."""
-        parts: dict[str, float] = {}
-        if stage == "pid":
-            with nvtx.annotate("forward", color="green"), self._autocast():
-                loss, p = steps.pid_loss(self.model, batch)
-            ok = self._apply("g", loss, p, parts)
-            return parts if ok else None
-        with nvtx.annotate("forward", color="green"), self._autocast():
-            fwd = steps.forward(self.model, batch, stage)
-            d_loss, p = steps.discriminator_loss(self.model, fwd, batch)
-        ok = self._apply("d", d_loss, p, parts)
-        with nvtx.annotate("forward", color="green"), self._autocast():
-            g_loss, p = steps.generator_loss(self.model, fwd, batch, stage)
-        ok = self._apply("g", g_loss, p, parts) and ok
-        return parts if ok else None
-
-    def _apply(self, side: str, loss: torch.Tensor, p: dict, parts: dict) -> bool:
-        """Backward and optimizer step for one side, unless the loss or a gradient is not finite."""
-        opt = self.optimizers[side]
-        opt.zero_grad(set_to_none=True)
-        values = {k: float(v) for k, v in p.items()}
-        parts.update(values)
-        finite = math.isfinite(float(loss.detach()))
-        if finite:
-            with nvtx.annotate("backward", color="red"):
-                self.scaler.scale(loss).backward()
-            params = [q for g in opt.param_groups for q in g["params"] if q.grad is not None]
-            if self.world > 1:
-                for q in params:
-                    dist.all_reduce(q.grad)
-                    q.grad.div_(self.world)
-            if self.scaler.is_enabled():
-                self.scaler.unscale_(opt)
-            finite = all(torch.isfinite(q.grad).all() for q in params)
-        if self.world > 1:  # every rank skips or steps together
-            flag = torch.tensor(float(finite), device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item())
-        if not finite:
-            self._bad_parts = values
-            opt.zero_grad(set_to_none=True)
-            if self.scaler.is_enabled():
-                self.scaler.update()
-            return False
-        with nvtx.annotate("optimizer", color="yellow"):
-            self.scaler.step(opt)
-            self.scaler.update()
-        return True
 
     def _truncate_metrics(self) -> None:
         """Drop the records a killed run logged after the checkpoint it resumes from."""

@@ -4,7 +4,6 @@ non-zero gradients, and a few Adam steps on a fixed batch lower each stage's los
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastdavs import steps
 from fastdavs.config import DavsConfig
@@ -14,23 +13,10 @@ B = 3
 
 
 def _batch(cfg: DavsConfig, seed: int = 0) -> dict:
-    """A collated batch shaped like DavsDataset's, with smooth frames a generator can fit."""
-    g = torch.Generator().manual_seed(seed)
-    s, L, P = cfg.image_size, cfg.seq_len, cfg.adv_frames
-
-    def frames(n):
-        coarse = torch.rand(B * n, 3, 4, 4, generator=g)
-        return F.interpolate(coarse, size=(s, s), mode="bilinear").view(B, n, 3, s, s)
-
-    return {
-        "identity": frames(1)[:, 0],
-        "frames": frames(L),
-        "mfcc": torch.randn(B, L, 20, 12, generator=g) * 10,
-        "gen_start": torch.randint(L - cfg.gan_frames + 1, (B,), generator=g),
-        "adv_frames": frames(P),
-        "word": torch.randint(cfg.num_words, (B,), generator=g),
-        "identity_label": torch.tensor([0, -1, cfg.num_identities - 1]),  # one unknown identity
-    }
+    """steps.example_batch with one unknown identity (label -1) among the B clips."""
+    batch = steps.example_batch(cfg, B, seed)
+    batch["identity_label"] = torch.tensor([0, -1, cfg.num_identities - 1])
+    return batch
 
 
 def _grads(model: DavsModel, names: set[str]) -> None:

@@ -207,6 +207,24 @@ def test_eval_deterministic_and_batch_independent(encoder):
     assert first[0].abs().max() > 0
 
 
+@pytest.mark.parametrize("encoder", [IdentityEncoder, VideoWordEncoder])
+def test_train_mode_same_with_channels_last(encoder):
+    """A channels-last model (the trainer's CPU fast path) computes what a contiguous one does
+    from the same seed, in train mode too: dropout masks do not depend on the memory layout."""
+    cfg = DavsConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    model = encoder(cfg).train()
+    x = _inputs(encoder, cfg, 3)
+    torch.manual_seed(1)
+    plain = _outputs(model(x))
+    model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    cl = _outputs(model(x.contiguous(memory_format=torch.channels_last)))
+    for a, b in zip(plain, cl, strict=True):  # train-mode BatchNorm sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+        assert a.abs().max() > 0
+
+
 # ---- identity encoder init -------------------------------------------------------------------
 
 

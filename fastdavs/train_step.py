@@ -1,0 +1,167 @@
+"""One training step as the trainer runs it, and the CPU settings that make it fast.
+
+`TrainStep` owns a stage's Adam optimisers, mixed precision (autocast, and a gradient scaler on
+CUDA) and the data-parallel gradient all-reduce; a call runs `fastdavs.steps` forward, the D side
+(backward, step) and the G side, skipping a side whose loss or gradients are not finite. The
+trainer adds data, logging and checkpoints around it; `bench/train_step.py` times it bare.
+
+The CPU fast path (what `fastdavs.train` uses on CPU; measured by `bench/train_step.py`):
+channels-last convolutions (the trainer converts the model) and `retain_heap`. bf16 autocast
+only where oneDNN runs bf16 natively, and `torch.compile` not at all: on the 2-core AVX2
+development machine the compiled `gen` step of the small preset took 409 s to compile and then
+ran 1.7x slower than eager (2.44 s against 1.44 s per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+
+import nvtx
+import torch
+import torch.distributed as dist
+
+from fastdavs import steps
+from fastdavs.config import DavsConfig
+from fastdavs.model import DavsModel
+
+log = logging.getLogger(__name__)
+
+# Modules each stage's optimisers own: (generator side, discriminator side).
+STAGE_MODULES = {
+    "pid": (("identity_encoder", "identity_classifier"), ()),
+    "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
+    "gen": (
+        ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
+        (
+            "modality_discriminator",
+            "pid_word_adversary",
+            "wid_person_adversary",
+            "sequence_discriminator",
+        ),
+    ),
+}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 / AMX); without it, bf16
+    convolutions fall back to a slow reference path (measured 10-13x slower steps on AVX2)."""
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def retain_heap() -> bool:
+    """Tell glibc malloc to keep freed memory in the process: no mmap for large blocks, no trim.
+
+    A training step frees and reallocates the same large activations every time; by default glibc
+    returns them to the OS and the next step page-faults them in again (26 million minor faults in
+    a 25-minute small-preset run). Keeping them costs no more than the peak heap, which the process
+    reaches anyway. Process-wide and irreversible; returns False where malloc is not glibc's.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+class TrainStep:
+    """The optimisers, precision and gradient exchange of one stage's D + G steps.
+
+    Args:
+        model: the model (on `device`, already channels-last if wanted).
+        cfg: its config (Adam settings).
+        device: where the model lives.
+        amp: mixed precision: fp16 with a gradient scaler on CUDA, bf16 autocast on a CPU with
+            native bf16, float32 otherwise (see `autocast_dtype`).
+        world: data-parallel processes (gradients are averaged with an all-reduce when > 1).
+    """
+
+    def __init__(
+        self, model: DavsModel, cfg: DavsConfig, device: torch.device, amp: bool, world: int = 1
+    ):
+        self.model, self.cfg, self.device, self.amp, self.world = model, cfg, device, amp, world
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        self.bf16_cpu = amp and device.type == "cpu" and cpu_has_native_bf16()
+        if amp and device.type == "cpu" and not self.bf16_cpu:
+            log.warning(
+                "--amp: this CPU has no native bfloat16 (oneDNN reports none); bf16 autocast "
+                "would run the convolutions about 10x slower, so training stays in float32"
+            )
+        self.bad_parts: dict[str, float] = {}  # loss parts of the last skipped side
+
+    def make_optimizers(self, stage: str) -> None:
+        """Fresh Adam optimisers for `stage`'s generator ("g") and discriminator ("d") sides."""
+        o = self.cfg.optim
+        self.optimizers = {}
+        for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
+            params = [p for n in names for p in getattr(self.model, n).parameters()]
+            if params:
+                self.optimizers[side] = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2))
+
+    def autocast_dtype(self) -> torch.dtype:
+        """What `amp` computes in: fp16 on CUDA, bf16 on a CPU with native bf16, else float32."""
+        if self.device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if self.bf16_cpu else torch.float32
+
+    def autocast(self):
+        dtype = self.autocast_dtype()
+        if not self.amp or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def __call__(self, stage: str, batch: dict) -> dict[str, float] | None:
+        """One D step then one G step; returns the loss parts, or None if the step was skipped."""
+        parts: dict[str, float] = {}
+        if stage == "pid":
+            with nvtx.annotate("forward", color="green"), self.autocast():
+                loss, p = steps.pid_loss(self.model, batch)
+            ok = self._apply("g", loss, p, parts)
+            return parts if ok else None
+        with nvtx.annotate("forward", color="green"), self.autocast():
+            fwd = steps.forward(self.model, batch, stage)
+            d_loss, p = steps.discriminator_loss(self.model, fwd, batch)
+        ok = self._apply("d", d_loss, p, parts)
+        with nvtx.annotate("forward", color="green"), self.autocast():
+            g_loss, p = steps.generator_loss(self.model, fwd, batch, stage)
+        ok = self._apply("g", g_loss, p, parts) and ok
+        return parts if ok else None
+
+    def _apply(self, side: str, loss: torch.Tensor, p: dict, parts: dict) -> bool:
+        """Backward and optimizer step for one side, unless the loss or a gradient is not finite."""
+        opt = self.optimizers[side]
+        opt.zero_grad(set_to_none=True)
+        values = {k: float(v) for k, v in p.items()}
+        parts.update(values)
+        finite = math.isfinite(float(loss.detach()))
+        if finite:
+            with nvtx.annotate("backward", color="red"):
+                self.scaler.scale(loss).backward()
+            params = [q for g in opt.param_groups for q in g["params"] if q.grad is not None]
+            if self.world > 1:
+                for q in params:
+                    dist.all_reduce(q.grad)
+                    q.grad.div_(self.world)
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(opt)
+            finite = all(torch.isfinite(q.grad).all() for q in params)
+        if self.world > 1:  # every rank skips or steps together
+            flag = torch.tensor(float(finite), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
+            self.bad_parts = values
+            opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            return False
+        with nvtx.annotate("optimizer", color="yellow"):
+            self.scaler.step(opt)
+            self.scaler.update()
+        return True
