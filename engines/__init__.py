@@ -1,3 +1,25 @@
 """fastdavs.engines: low-latency frame synthesis engines (ONNX Runtime on CPU, TensorRT on
 NVIDIA GPUs) built from one exported ONNX graph. Installed from the top-level `engines/` folder.
+
+    fastdavs-build-engine --checkpoint CKPT --out DIR     (builder.build_engine)
+    engine = fastdavs.engines.load(DIR)                   (runtime.load)
+    frames = engine.frames(mfcc, engine.identity(face))
+
+Modules: export (ONNX graphs), quantize (int8), onnxruntime_engine, tensorrt_engine, parity,
+engine_dir (the directory and its config.json), builder, runtime, build (the command).
 """
+
+from fastdavs.engines.builder import BuildConfig, build_engine
+from fastdavs.engines.errors import BackendUnavailable, EngineError, ParityError
+from fastdavs.engines.runtime import Engine, IdentityCache, load
+
+__all__ = [
+    "BackendUnavailable",
+    "BuildConfig",
+    "Engine",
+    "EngineError",
+    "IdentityCache",
+    "ParityError",
+    "build_engine",
+    "load",
+]

@@ -1,20 +1,25 @@
-"""`fastdavs-build-engine`: checkpoint -> engine directory (artifact + config.json).
+"""`fastdavs-build-engine`: checkpoint -> engine directory (artifacts + config.json).
 
-The command line is final; export and the builders are delivered by issue 6.
+    fastdavs-build-engine --checkpoint RUN/checkpoints/gen_000450 --backend onnxruntime \
+        --precision fp32 --batch 1:25:50 --out engines/small-ort
+
+Exports the identity and frame graphs to ONNX, builds them with the backend, checks the engine
+against eager PyTorch on fresh random inputs and writes DIR only if that parity holds. Defaults
+come from `fastdavs.engines.builder.BuildConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from fastdavs.cli import run
-from fastdavs.errors import NotImplementedYet
+from fastdavs.engines.builder import BACKENDS, PRECISIONS, BuildConfig, build_engine
 
 PROG = "fastdavs-build-engine"
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULTS = BuildConfig()
 
 
 def parse_batch_profile(text: str) -> tuple[int, int, int]:
@@ -33,19 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export the per-frame generator to ONNX and build an engine directory.",
     )
-    parser.add_argument("--checkpoint", metavar="CKPT", required=True)
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument(
-        "--batch", type=parse_batch_profile, default=(1, 25, 50), metavar="MIN:OPT:MAX"
-    )
+        "--checkpoint", metavar="CKPT", required=True,
+        help="a checkpoint directory, or a run directory (its latest checkpoint)",
+    )  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+        help="of the frame graph; kept only where parity with eager fp32 holds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=parse_batch_profile, default=DEFAULTS.batch, metavar="MIN:OPT:MAX",
+        help="frames per call: TensorRT's optimization profile (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="DIR", required=True)
     return parser
 
 
 def _build(argv: Sequence[str] | None) -> None:
-    build_parser().parse_args(argv)
-    raise NotImplementedYet("engine building is not implemented yet (issue 6: engines)")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = BuildConfig(backend=args.backend, precision=args.precision, batch=args.batch)
+    build_engine(args.checkpoint, args.out, cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,6 @@ COMMANDS = {
 # Minimal valid arguments for each command not built yet, to reach its body.
 UNBUILT = {
     "fastdavs-generate": ["--face", "f.png", "--audio", "a.wav", "-o", "o.mp4"],
-    "fastdavs-build-engine": ["--checkpoint", "ckpt", "--out", "eng"],
 }
 
 

@@ -1,0 +1,522 @@
+"""Frame synthesis latency: eager fp32 (the reference) against every fast path, in one run.
+
+    python bench/latency.py [--preset small|paper] [--checkpoint CKPT] [--out bench/results]
+        [--skip compile,bf16] [--no-profile]
+
+What is timed is the per-frame work of talking-face synthesis, the engines' frame graph
+(`fastdavs.engines.export.FrameGraph`): MFCC windows [N, 20, 12] + the cached identity features
+of one face -> frames [N, 3, S, S]. The identity encoder runs once per face and is not timed.
+Paths, all in this process on the same inputs:
+
+    eager fp32        the reference: plain PyTorch, kernel_backend "ref", inference mode
+    eager bf16        the same under CPU bf16 autocast (slow where oneDNN lacks native bf16)
+    torch.compile     inductor, fullgraph, static shapes (one compile per batch size)
+    onnxruntime P     `fastdavs-build-engine --backend onnxruntime --precision P` engines, run
+                      through `fastdavs.engines.load(DIR).frames` (P = fp32, fp16, int8)
+    tensorrt P        the same with TensorRT, where TensorRT and a GPU are present
+
+For each: per-frame latency at batch 1 (p50, p90, p99 over calls), frames/s at batch 25 (25 /
+median call time, [p20, p80]), parity with the reference output at batch 25 (PSNR, max abs
+error), achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter on the reference) as a share
+of the fp32 matmul peak measured at the start of the run. Engine build and compile times are
+reported apart. Without --checkpoint the model is randomly initialised (BatchNorm statistics
+from a few train-mode passes); the output says so. Writes latency-<preset>.{json,csv,png}.
+CPU times are `time.perf_counter` after warm-up; CUDA paths synchronise before reading it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastdavs.atomic import replace_with, write_json, write_text
+from fastdavs.checkpoint import save_checkpoint
+from fastdavs.config import DavsConfig
+from fastdavs.engines import BuildConfig, EngineError, build_engine, load
+from fastdavs.engines.export import MFCC_STD, FrameGraph, IdentityGraph, reference_model
+from fastdavs.engines.runtime import IdentityCache
+from fastdavs.engines.tensorrt_engine import import_tensorrt, require_gpu
+from fastdavs.metrics import psnr
+from fastdavs.model import DavsModel
+from fastdavs.train_step import cpu_has_native_bf16
+
+BATCH = 25  # one second of video
+# Targets of issue 6, reported against, never adjusted.
+TARGET_PAPER_FPS, TARGET_PSNR_DB, TARGET_SMALL_MS = 25.0, 35.0, 10.0
+# Timing budget per (path, batch): stop after `reps` calls or `budget` seconds (at least 3).
+REPS = {1: 100, BATCH: 12}
+BUDGET_S = {"small": 8.0, "paper": 40.0}
+
+
+def quantiles(xs: list[float], qs=(0.2, 0.5, 0.8, 0.9, 0.99)) -> dict[float, float]:
+    xs = sorted(xs)
+    return {q: xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] for q in qs}
+
+
+def time_calls(fn, reps: int, budget_s: float, sync=lambda: None, min_reps=3) -> list[float]:
+    """Seconds per call of `fn()` after one warm-up call (two where the first one is cheap):
+    `reps` calls, or fewer (at least `min_reps`) where they would take over `budget_s`."""
+    t = time.perf_counter()
+    fn()
+    sync()
+    if time.perf_counter() - t < 1.0:
+        fn()
+        sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    """Best fp32 matmul rate of this machine, same threads as everything else."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    times = time_calls(lambda: torch.mm(a, b, out=out), reps=10, budget_s=10.0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def flops_per_frame(graph: FrameGraph, mfcc, pid, skip) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        graph(mfcc, pid, skip)
+    return counter.get_total_flops() / len(mfcc)
+
+
+def _random_model(preset: str) -> DavsModel:
+    torch.manual_seed(0)
+    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref"))
+    s = model.cfg.image_size
+    with torch.no_grad():  # realistic BatchNorm statistics instead of N(0, 1) defaults
+        for _ in range(2):
+            ident = model.encode_identity(torch.rand(2, 3, s, s))
+            model.generate(ident, model.encode_audio(MFCC_STD * torch.randn(2, 2, 20, 12)))
+    return model.eval()
+
+
+def eager_paths(model: DavsModel, skip_paths: set[str]) -> dict:
+    """name -> (fn_for_batch(b) -> callable(mfcc, pid, skip), sync, note)."""
+    graph = FrameGraph(model).eval()
+    paths = {}
+
+    def eager(b):
+        return graph
+
+    paths["eager fp32"] = (eager, None)
+    if "bf16" not in skip_paths:
+
+        def bf16(b):
+            def run(mfcc, pid, skip):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return graph(mfcc, pid, skip)
+
+            return run
+
+        native = cpu_has_native_bf16()
+        paths["eager bf16 autocast"] = (bf16, None if native else "no native bf16 on this CPU")
+    if "compile" not in skip_paths:
+        compiled = {}
+
+        def compile_for(b):
+            if b not in compiled:
+                compiled[b] = torch.compile(graph, fullgraph=True, dynamic=False)
+            return compiled[b]
+
+        paths["torch.compile"] = (compile_for, "inductor, static shapes")
+    return paths
+
+
+def run_path(name, fn_for_batch, inputs, budget_s, cuda=False) -> dict:
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    row: dict = {"path": name}
+    slow = "bf16" in name and not cpu_has_native_bf16()  # emulated bf16: cap its reps
+    budget, min_reps = (budget_s / 4, 1) if slow else (budget_s, 3)
+    for b, (mfcc, pid, skip) in inputs.items():
+        fn = fn_for_batch(b)
+        if name == "torch.compile":
+            t = time.perf_counter()
+            with torch.inference_mode():
+                fn(mfcc, pid, skip)
+            row[f"compile_s_b{b}"] = time.perf_counter() - t
+        with torch.inference_mode():
+            times = time_calls(
+                lambda fn=fn, m=mfcc, p=pid, s=skip: fn(m, p, s), REPS[b], budget, sync, min_reps
+            )
+            out = fn(mfcc, pid, skip)
+        q = quantiles(times)
+        if b == 1:
+            row.update(
+                p50_ms=q[0.5] * 1e3, p90_ms=q[0.9] * 1e3, p99_ms=q[0.99] * 1e3, reps_b1=len(times)
+            )
+        else:
+            row.update(fps=b / q[0.5], fps_p20=b / q[0.8], fps_p80=b / q[0.2], reps_b25=len(times))
+            row["out"] = out.float().cpu()
+    return row
+
+
+def engine_fn(engine):
+    def for_batch(b):
+        def run(mfcc, pid, skip):
+            return engine.frames(mfcc, IdentityCache(pid, skip))
+
+        return run
+
+    return for_batch
+
+
+def build_engines(ckpt: Path, root: Path, calibration_frames: int) -> tuple[dict, list[dict]]:
+    """name -> loaded engine; and one record per attempted build (time, parity or refusal)."""
+    engines, builds = {}, []
+    targets = [("onnxruntime", p) for p in ("fp32", "fp16", "int8")]
+    try:
+        import_tensorrt()
+        require_gpu()
+        targets += [("tensorrt", p) for p in ("fp32", "fp16", "int8")]
+    except EngineError as e:
+        builds.append({"engine": "tensorrt", "status": f"unavailable: {e}"})
+    for backend, precision in targets:
+        name = f"{backend} {precision}"
+        print(f"building {name} ...", flush=True)
+        cfg = BuildConfig(
+            backend, precision, (1, BATCH, 2 * BATCH), calibration_frames=calibration_frames
+        )
+        t = time.perf_counter()
+        try:
+            out = build_engine(ckpt, root / name.replace(" ", "-"), cfg)
+        except EngineError as e:
+            builds.append({"engine": name, "status": f"refused: {e}"})
+            continue
+        meta = json.loads((out / "config.json").read_text())
+        builds.append(
+            {
+                "engine": name,
+                "status": "built",
+                "build_s": time.perf_counter() - t,
+                "times": meta["times"],
+                "parity": meta["parity"],
+                "frames_bytes": meta["artifacts"]["frames"]["size"],
+            }
+        )
+        engines[name] = load(out)
+    return engines, builds
+
+
+def ort_profile(engine_dir: Path, inputs) -> list[tuple[str, float]]:
+    """Share of ONNX Runtime's node time per op type, fp32 frame graph at batch 25."""
+    from fastdavs.engines.onnxruntime_engine import OnnxRuntimeSession
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session = OnnxRuntimeSession(engine_dir / "frames.onnx", profile=f"{tmp}/ort")
+        mfcc, pid, skip = inputs
+        for _ in range(3):
+            session.run({"mfcc": mfcc, "pid": pid, "skip": skip})
+        trace = json.loads(Path(session.session.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"].get("op_name", "?")] += event["dur"]
+    total = sum(per_op.values()) or 1.0
+    return sorted(((op, us / total) for op, us in per_op.items()), key=lambda x: -x[1])[:8]
+
+
+def torch_profile(graph: FrameGraph, inputs) -> list[tuple[str, float]]:
+    """Share of eager self CPU time per aten op, batch 25."""
+    from torch.profiler import ProfilerActivity, profile
+
+    mfcc, pid, skip = inputs
+    with torch.inference_mode():
+        graph(mfcc, pid, skip)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            graph(mfcc, pid, skip)
+    events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1.0
+    return sorted(((k, t / total) for k, t in events), key=lambda x: -x[1])[:8]
+
+
+def plot(rows: list[dict], preset: str, note: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "fps" in r]
+    names = [r["path"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2.5))
+    ax1.barh(names, [r["fps"] for r in rows], color="tab:blue")
+    ax1.set_xlabel(f"frames/s at batch {BATCH} (higher is better)")
+    ax2.barh(names, [r["p50_ms"] for r in rows], color="tab:orange")
+    ax2.set_xlabel("batch-1 latency p50, ms per frame (lower is better)")
+    if preset == "paper":
+        ax1.axvline(TARGET_PAPER_FPS, color="k", ls="--", label="target 25 frames/s")
+        ax1.legend()
+    if preset == "small":
+        ax2.axvline(TARGET_SMALL_MS, color="k", ls="--", label="target 10 ms")
+        ax2.legend()
+    for ax in (ax1, ax2):
+        ax.invert_yaxis()
+    ax2.set_yticklabels([])
+    fig.suptitle(f"fastdavs frame synthesis, {preset} preset — {note}", fontsize=10)
+    fig.tight_layout()
+    replace_with(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=("small", "paper", "tiny"), default="small")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="default: random initialisation")
+    parser.add_argument("--out", default="bench/results", metavar="DIR")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated paths to leave out: compile, bf16"
+    )
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    skip_paths = {s for s in args.skip.split(",") if s}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="fastdavs-latency-") as tmp:
+        tmp = Path(tmp)
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint)
+            model = reference_model(ckpt)
+            note = f"checkpoint {ckpt}"
+        else:
+            model = _random_model(args.preset)
+            ckpt = save_checkpoint(tmp / "run", "random_init", model)
+            note = f"randomly initialised {args.preset} model (no --checkpoint)"
+        cfg = model.cfg
+        preset = cfg.preset
+        budget = BUDGET_S.get(preset, 8.0)
+        print(f"model: {note}; {preset} preset, {cfg.image_size} px", flush=True)
+        print(f"threads: torch {torch.get_num_threads()}", flush=True)
+
+        peaks = [matmul_peak_gflops()]
+        print(f"measured fp32 matmul peak: {peaks[0]:.1f} GFLOP/s", flush=True)
+
+        s = cfg.image_size
+        gen = torch.Generator().manual_seed(1234)
+        face = torch.rand(1, 3, s, s, generator=gen)
+        with torch.inference_mode():
+            pid, skip = IdentityGraph(model)(face)
+        mfcc = MFCC_STD * torch.randn(BATCH, 20, 12, generator=gen)
+        inputs = {1: (mfcc[:1], pid, skip), BATCH: (mfcc, pid, skip)}
+        flops = flops_per_frame(FrameGraph(model), mfcc, pid, skip)
+        print(f"frame graph: {flops / 1e9:.3f} GFLOP per frame", flush=True)
+
+        t = time.perf_counter()
+        engines, builds = build_engines(ckpt, tmp / "engines", 64 if s <= 128 else 16)
+        print(f"engines built in {time.perf_counter() - t:.1f} s", flush=True)
+
+        rows = []
+        paths = eager_paths(model, skip_paths)
+        todo = [(n, fn, False) for n, (fn, _) in paths.items()]
+        todo += [(n, engine_fn(e), e.backend == "tensorrt") for n, e in engines.items()]
+        for name, fn, cuda in todo:
+            print(f"timing {name} ...", flush=True)
+            try:
+                row = run_path(name, fn, inputs, budget, cuda)
+            except Exception as e:  # a path that cannot run here is a result, not a crash
+                rows.append({"path": name, "error": f"{type(e).__name__}: {e}"[:300]})
+                print(f"  {name} failed: {rows[-1]['error']}", flush=True)
+                continue
+            if name in paths and paths[name][1]:
+                row["note"] = paths[name][1]
+            rows.append(row)
+
+        # Measured again at the end: the higher of the two is the machine's (a busy machine
+        # lowers one of them, and a share of peak above 100% would mean the peak was low).
+        peaks.append(matmul_peak_gflops())
+        peak = max(peaks)
+        print(f"fp32 matmul peak at the end: {peaks[1]:.1f} GFLOP/s", flush=True)
+        ref = next(r for r in rows if r["path"] == "eager fp32")["out"]
+        for row in rows:
+            if "out" not in row:
+                continue
+            out = row.pop("out")
+            per_frame = psnr(out, ref)
+            row["psnr_db"] = per_frame.mean().item()
+            row["psnr_min_db"] = per_frame.min().item()
+            row["max_abs"] = (out - ref).abs().max().item()
+            row["gflops"] = flops * row["fps"] / 1e9
+            row["peak_share"] = row["gflops"] / peak
+            row["speedup"] = row["fps"] / rows[0]["fps"]
+
+        profile = {}
+        if not args.no_profile and "onnxruntime fp32" in engines:
+            profile["onnxruntime fp32, op type share of node time"] = ort_profile(
+                engines["onnxruntime fp32"].path, inputs[BATCH]
+            )
+            profile["eager fp32, aten op share of self CPU time"] = torch_profile(
+                FrameGraph(model), inputs[BATCH]
+            )
+
+    # ---- report ---------------------------------------------------------------------------
+    ok = [r for r in rows if "fps" in r]
+    cpu_ok = [r for r in ok if not r["path"].startswith("tensorrt") and r["psnr_min_db"] >= 35]
+    targets = {}
+    if preset == "paper":
+        best = max(cpu_ok, key=lambda r: r["fps"], default=None)
+        targets["paper: best CPU path >= 25 frames/s at batch 25 with PSNR >= 35 dB"] = (
+            None
+            if best is None
+            else {"path": best["path"], "fps": best["fps"], "met": best["fps"] >= TARGET_PAPER_FPS}
+        )
+    if preset == "small":
+        best = min(cpu_ok, key=lambda r: r["p50_ms"], default=None)
+        targets["small: batch-1 latency <= 10 ms per frame (p50)"] = (
+            None
+            if best is None
+            else {
+                "path": best["path"],
+                "p50_ms": best["p50_ms"],
+                "met": best["p50_ms"] <= TARGET_SMALL_MS,
+            }
+        )
+
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    import onnxruntime
+
+    env = {
+        "cpu": _cpu_name(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_native_bf16(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git": git.stdout.strip(),
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    result = {
+        "preset": preset,
+        "image_size": s,
+        "model": note,
+        "random_init": not args.checkpoint,
+        "env": env,
+        "peak_fp32_gflops": peak,
+        "peak_fp32_gflops_start_end": peaks,
+        "gflop_per_frame": flops / 1e9,
+        "batch": BATCH,
+        "rows": rows,
+        "builds": builds,
+        "targets": targets,
+        "profile": profile,
+    }
+    table = format_table(result)
+    print(table)
+    stem = out_dir / f"latency-{preset}"
+    write_json(stem.with_suffix(".json"), _finite(result))
+    write_text(stem.with_suffix(".csv"), _csv(rows))
+    plot(rows, preset, note, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .csv, .png")
+    return 0
+
+
+def format_table(r: dict) -> str:
+    lines = [
+        f"fastdavs frame synthesis — {r['preset']} preset ({r['image_size']} px), {r['model']}",
+        f"{r['env']['cpu']}, {r['env']['threads']} threads, fp32 matmul peak "
+        f"{r['peak_fp32_gflops']:.1f} GFLOP/s, frame graph {r['gflop_per_frame']:.3f} GFLOP/frame",
+        "",
+        f"{'path':<22} {'b1 p50':>8} {'p90':>8} {'p99':>8} {'b25 frames/s [p20, p80]':>26} "
+        f"{'x ref':>6} {'PSNR dB':>8} {'min':>7} {'max abs':>9} {'GFLOP/s':>8} {'% peak':>7}",
+    ]
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"{row['path']:<22} failed: {row['error']}")
+            continue
+        fps = f"{row['fps']:.1f} [{row['fps_p20']:.1f}, {row['fps_p80']:.1f}]"
+        lines.append(
+            f"{row['path']:<22} {row['p50_ms']:>6.2f}ms {row['p90_ms']:>6.2f}ms "
+            f"{row['p99_ms']:>6.2f}ms {fps:>26} {row['speedup']:>5.2f}x "
+            f"{_db(row['psnr_db']):>8} {_db(row['psnr_min_db']):>7} {row['max_abs']:>9.2e} "
+            f"{row['gflops']:>8.1f} {100 * row['peak_share']:>6.1f}%"
+            + (f"  ({row['note']})" if row.get("note") else "")
+        )
+    compile_rows = [row for row in r["rows"] if "compile_s_b1" in row]
+    for row in compile_rows:
+        lines.append(
+            f"torch.compile time: {row['compile_s_b1']:.1f} s (batch 1), "
+            f"{row[f'compile_s_b{BATCH}']:.1f} s (batch {BATCH})"
+        )
+    lines.append("")
+    lines.append("engine builds (separate from the timings above):")
+    for b in r["builds"]:
+        if b["status"] == "built":
+            p = b["parity"]
+            lines.append(
+                f"  {b['engine']:<18} {b['build_s']:6.1f} s (export {b['times']['export_s']:.1f}, "
+                f"build {b['times']['build_s']:.1f}, parity {b['times']['parity_s']:.1f}); "
+                f"build parity {_db(p['psnr_min_db'])} dB min, max abs {p['max_abs']:.2e}; "
+                f"frame graph {b['frames_bytes'] / 1e6:.1f} MB"
+            )
+        else:
+            lines.append(f"  {b['engine']:<18} {b['status']}")
+    lines.append("targets:")
+    for name, t in r["targets"].items():
+        if t is None:
+            lines.append(f"  {name}: no path qualifies")
+            continue
+        figure = f"{t['fps']:.1f} frames/s" if "fps" in t else f"{t['p50_ms']:.2f} ms"
+        lines.append(f"  {name}: {'MET' if t['met'] else 'NOT MET'} ({t['path']}: {figure})")
+    for name, shares in r["profile"].items():
+        lines.append(f"profile, {name}:")
+        lines.append("  " + ", ".join(f"{op} {100 * share:.0f}%" for op, share in shares))
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    """A JSON-safe copy: infinite floats (an exact match's PSNR) become the string "inf"."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return "inf" if obj == float("inf") else obj
+
+
+def _db(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.1f}"
+
+
+def _csv(rows: list[dict]) -> str:
+    keys = [
+        "path", "p50_ms", "p90_ms", "p99_ms", "fps", "fps_p20", "fps_p80", "speedup",
+        "psnr_db", "psnr_min_db", "max_abs", "gflops", "peak_share", "compile_s_b1",
+        f"compile_s_b{BATCH}", "reps_b1", "reps_b25", "note", "error",
+    ]  # fmt: skip
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _cpu_name() -> str:
+    from fastdavs.engines.onnxruntime_engine import host_cpu
+
+    return host_cpu()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

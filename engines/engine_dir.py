@@ -1,0 +1,157 @@
+"""The engine directory: what `fastdavs-build-engine` writes and `fastdavs.engines.load` reads.
+
+    DIR/
+        identity.onnx | identity.plan   identity graph (ONNX Runtime optimised graph | TensorRT
+        frames.onnx   | frames.plan     plan) and frame graph (in the build's precision)
+        timing.cache                    TensorRT only: tactic timings, reused by the next build
+        config.json                     written last: format, backend, precision, model config,
+                                        build config, versions, host, checkpoint digest, the size
+                                        and SHA-256 of every artifact, parity and build times
+
+A build writes into `DIR.tmp-XXXXXXXX` beside DIR and renames it to DIR only once the engine has
+passed its parity check, so DIR is always a complete engine or absent. Rebuilding over an engine
+directory replaces it (reusing its timing cache); any other existing DIR is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from fastdavs.config import ConfigError, DavsConfig
+from fastdavs.engines.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fastdavs-engine"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+TIMING_CACHE = "timing.cache"
+GRAPHS = ("identity", "frames")
+SUFFIX = {"onnxruntime": ".onnx", "tensorrt": ".plan"}
+
+
+def artifact_name(backend: str, graph: str) -> str:
+    return graph + SUFFIX[backend]
+
+
+def file_entry(path: Path) -> dict:
+    """Manifest entry of a written artifact: its name, size and SHA-256."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file": path.name, "size": path.stat().st_size, "sha256": digest}
+
+
+def read_config(path: str | Path) -> dict:
+    """Check an engine directory (format, version, every artifact's size and SHA-256, the model
+    config) and return its config.json. Raises EngineError naming the file and what to do."""
+    path = Path(path)
+    cfg_file = path / CONFIG
+    rebuild = "rebuild it with fastdavs-build-engine"
+    if not path.is_dir():
+        raise EngineError(f"{path}: no such engine directory; build one with fastdavs-build-engine")
+    if not cfg_file.is_file():
+        raise EngineError(f"{cfg_file}: missing, so {path} is not a complete engine; {rebuild}")
+    try:
+        meta = json.loads(cfg_file.read_bytes())
+    except OSError as e:
+        raise EngineError(f"{cfg_file}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise EngineError(f"{cfg_file}: not valid JSON ({e}); {rebuild}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise EngineError(f'{cfg_file}: not a fastdavs engine (no "format": "{FORMAT}")')
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise EngineError(
+            f"{cfg_file}: engine format version {version!r}, this fastdavs reads version "
+            f"{FORMAT_VERSION}; " + ("upgrade fastdavs" if newer else rebuild)
+        )
+    backend = meta.get("backend")
+    if backend not in SUFFIX:
+        raise EngineError(f"{cfg_file}: unknown backend {backend!r}; {rebuild}")
+    try:
+        DavsConfig.from_dict(meta.get("model"))
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise EngineError(f"{cfg_file}: bad model config ({e}); {rebuild}") from None
+    artifacts = meta.get("artifacts")
+    for graph in GRAPHS:
+        entry = artifacts.get(graph) if isinstance(artifacts, dict) else None
+        name = artifact_name(backend, graph)
+        if not (
+            isinstance(entry, dict)
+            and entry.get("file") == name
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise EngineError(f"{cfg_file}: no valid artifact entry for {name}; {rebuild}")
+        _check_file(path / name, entry, cfg_file, rebuild)
+    return meta
+
+
+def _check_file(file: Path, entry: dict, cfg_file: Path, rebuild: str) -> None:
+    try:
+        size = file.stat().st_size
+    except FileNotFoundError:
+        raise EngineError(f"{file}: missing (listed in {cfg_file}); {rebuild}") from None
+    if size != entry["size"]:
+        raise EngineError(
+            f"{file}: {size} bytes, {cfg_file} says {entry['size']}: the file was modified or "
+            f"damaged; {rebuild}"
+        )
+    if file_entry(file)["sha256"] != entry["sha256"]:
+        raise EngineError(
+            f"{file}: SHA-256 differs from the one in {cfg_file}: the file was modified or "
+            f"damaged; {rebuild}"
+        )
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that exists and is neither empty nor an engine directory."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EngineError(f"{out}: exists and is not a directory; choose another --out")
+    if any(out.iterdir()) and not _is_engine(out):
+        raise EngineError(
+            f"{out}: exists and is not an engine directory (no {CONFIG} of format {FORMAT}); "
+            "choose another --out or remove it"
+        )
+
+
+def _is_engine(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG).read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh `OUT.tmp-XXXXXXXX` beside `out` to build into."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> Path:
+    """Rename the finished `tmp` to `out`, replacing an earlier engine directory there."""
+    for file in tmp.iterdir():  # the data reaches the disk before the rename makes it visible
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out

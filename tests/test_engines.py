@@ -1,0 +1,533 @@
+"""Engines: ONNX export and ONNX Runtime parity with eager PyTorch (tiny and small presets), the
+engine directory's round trip and every refusal (tampered artifact, edited config.json, other
+checkpoint, missing backend), the command's errors, and the TensorRT builder's logic against
+`FakeTensorRT`, a stand-in module (not TensorRT) that records the calls. Real TensorRT tests are
+marked `gpu` and skip cleanly without a GPU or without TensorRT."""
+
+import copy
+import json
+import logging
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from fastdavs.checkpoint import save_checkpoint
+from fastdavs.config import DavsConfig
+from fastdavs.engines import (
+    BackendUnavailable,
+    BuildConfig,
+    EngineError,
+    ParityError,
+    build_engine,
+    load,
+)
+from fastdavs.engines import build as cli
+from fastdavs.engines import builder as builder_module
+from fastdavs.engines.engine_dir import CONFIG, file_entry
+from fastdavs.engines.export import MFCC_STD, export_frames, export_identity, reference_model
+from fastdavs.engines.parity import TOLERANCES
+from fastdavs.engines.tensorrt_engine import (
+    TensorRTBuilder,
+    import_tensorrt,
+    profile_shapes,
+    require_gpu,
+)
+from fastdavs.metrics import psnr
+from fastdavs.model import DavsModel
+
+TINY = DavsConfig.from_preset("tiny")
+BATCH = (1, 4, 8)  # small max batch: calls above it exercise the runtime's chunking
+
+
+def _checkpoint(root: Path, preset: str = "tiny", seed: int = 1) -> Path:
+    """A checkpoint of a randomly initialised model whose BatchNorm statistics come from a few
+    train-mode passes (so activations have realistic scales, not N(0, 1) defaults)."""
+    torch.manual_seed(seed)
+    model = DavsModel(DavsConfig.from_preset(preset))
+    s = model.cfg.image_size
+    with torch.no_grad():
+        for _ in range(2):
+            ident = model.encode_identity(torch.rand(4, 3, s, s))
+            model.generate(ident, model.encode_audio(MFCC_STD * torch.randn(4, 3, 20, 12)))
+    return save_checkpoint(root, "step_000001", model.eval())
+
+
+def _eager(ckpt: Path, images: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
+    model = reference_model(ckpt)
+    with torch.no_grad():
+        return model.generate(model.encode_identity(images), model.encode_audio(mfcc[None]))[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_ckpt, tmp_path_factory) -> Path:
+    return build_engine(
+        tiny_ckpt, tmp_path_factory.mktemp("eng") / "tiny", BuildConfig(batch=BATCH)
+    )
+
+
+@pytest.fixture
+def engine_copy(tiny_engine, tmp_path) -> Path:
+    """A copy of the tiny engine to damage."""
+    return Path(shutil.copytree(tiny_engine, tmp_path / "copy"))
+
+
+# ---- export and ONNX Runtime parity -----------------------------------------------------------
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_onnxruntime_engine_matches_eager_on_fresh_inputs(preset, tmp_path):
+    ckpt = _checkpoint(tmp_path / "run", preset)
+    out = build_engine(ckpt, tmp_path / "eng", BuildConfig(batch=BATCH))
+    meta = json.loads((out / CONFIG).read_text())
+    recorded = meta["parity"]
+    assert recorded["max_abs"] < 1e-4 and recorded["psnr_min_db"] >= 80
+    assert (
+        meta["build"]["precision"] == "fp32" and meta["graphs"]["identity"]["precision"] == "fp32"
+    )
+
+    s = DavsConfig.from_preset(preset).image_size
+    images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(11, 20, 12)  # 11 > max batch
+    engine = load(out)
+    frames = engine.frames(mfcc, engine.identity(images))
+    ref = _eager(ckpt, images, mfcc)
+    assert frames.shape == (11, 3, s, s) and frames.dtype == torch.float32
+    assert ref.std() > 0.01  # the comparison is not between two constants
+    assert (frames - ref).abs().max() < 1e-4
+    assert psnr(frames, ref).min() > 80
+
+
+def test_exported_graphs_have_dynamic_batch_and_opset_17(tiny_ckpt, tmp_path):
+    model = reference_model(tiny_ckpt)
+    ident = onnx.load(export_identity(model, tmp_path / "identity.onnx"))
+    frames = onnx.load(export_frames(model, tmp_path / "frames.onnx"))
+    onnx.checker.check_model(frames)
+    assert {o.version for o in frames.opset_import if o.domain in ("", "ai.onnx")} == {17}
+
+    def dims(graph, name):
+        (t,) = [i for i in graph.graph.input if i.name == name]
+        return [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+
+    assert dims(ident, "images") == ["B", 3, 32, 32]
+    assert dims(frames, "mfcc") == ["N", 20, 12]
+    assert dims(frames, "pid") == [1, TINY.pid_dim]
+    assert dims(frames, "skip") == [1, TINY.ch(160), 4, 4]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_keeps_parity_and_records_it(precision, tiny_ckpt, tmp_path):
+    out = build_engine(tiny_ckpt, tmp_path / precision, BuildConfig(precision=precision))
+    meta = json.loads((out / CONFIG).read_text())
+    graph = onnx.load(out / "frames.onnx")
+    ops = {n.op_type for n in graph.graph.node}
+    if precision == "int8":  # ONNX Runtime fused the QDQ pairs into integer kernels
+        assert ops & {"QLinearConv", "ConvInteger", "QuantizeLinear", "DequantizeLinear"}
+    assert meta["parity"]["psnr_min_db"] >= TOLERANCES[precision][1]
+    assert 0 < meta["parity"]["max_abs"] <= TOLERANCES[precision][0]  # really reduced
+    s = TINY.image_size
+    images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(6, 20, 12)
+    engine = load(out)
+    frames = engine.frames(mfcc, engine.identity(images))
+    assert psnr(frames, _eager(tiny_ckpt, images, mfcc)).min() >= 35
+
+
+def test_bf16_is_refused_with_the_reason(tiny_ckpt, tmp_path):
+    with pytest.raises(EngineError, match="opset 22"):
+        build_engine(tiny_ckpt, tmp_path / "bf16", BuildConfig(precision="bf16"))
+    assert not (tmp_path / "bf16").exists()
+
+
+def test_parity_violation_fails_the_build_and_writes_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    """An exported frame graph that is not the model (generator weights shifted after export
+    would be the same): the build must refuse it."""
+
+    def wrong_export(model, path, precision="fp32", opset=17):
+        bad = copy.deepcopy(model)
+        with torch.no_grad():
+            bad.generator.head[-2].bias.add_(0.05)
+        return export_frames(bad, path, precision, opset)
+
+    monkeypatch.setattr(builder_module, "export_frames", wrong_export)
+    out = tmp_path / "eng"
+    with pytest.raises(ParityError, match=r"differ from eager PyTorch.*max abs error"):
+        build_engine(tiny_ckpt, out, BuildConfig())
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no DIR.tmp-* left either
+
+
+# ---- the engine directory ---------------------------------------------------------------------
+def test_round_trip_api_and_input_errors(tiny_engine, tiny_ckpt):
+    engine = load(tiny_engine, checkpoint=tiny_ckpt.parent.parent)  # a run dir: its latest
+    assert engine.backend == "onnxruntime" and engine.config == TINY and engine.max_batch == 8
+    two = engine.identity(torch.rand(2, 3, 32, 32))
+    assert two.pid.shape == (2, TINY.pid_dim) and two.skip.shape == (2, TINY.ch(160), 4, 4)
+    with pytest.raises(EngineError, match="one identity per call"):
+        engine.frames(torch.zeros(3, 20, 12), two)
+    with pytest.raises(EngineError, match=r"\[B, 3, 32, 32\]"):
+        engine.identity(torch.rand(1, 3, 64, 64))
+    with pytest.raises(EngineError, match=r"\[N, 20, 12\]"):
+        engine.frames(torch.zeros(3, 12, 20), two[:1])
+
+
+def test_tampered_artifact_is_refused(engine_copy):
+    data = bytearray((engine_copy / "frames.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    (engine_copy / "frames.onnx").write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=r"frames\.onnx: SHA-256 differs.*rebuild"):
+        load(engine_copy)
+    (engine_copy / "identity.onnx").write_bytes(b"truncated")
+    with pytest.raises(EngineError, match=r"identity\.onnx: 9 bytes"):
+        load(engine_copy)
+    (engine_copy / "identity.onnx").unlink()
+    with pytest.raises(EngineError, match=r"identity\.onnx: missing"):
+        load(engine_copy)
+
+
+def _edit(engine: Path, edit) -> None:
+    meta = json.loads((engine / CONFIG).read_text())
+    edit(meta)
+    (engine / CONFIG).write_text(json.dumps(meta))
+
+
+def test_edited_config_is_refused(engine_copy):
+    _edit(engine_copy, lambda m: m["model"].update(image_size=64))
+    with pytest.raises(EngineError, match="does not match identity.onnx.*edited"):
+        load(engine_copy)
+    _edit(engine_copy, lambda m: m.update(format_version=2))
+    with pytest.raises(EngineError, match="format version 2.*upgrade fastdavs"):
+        load(engine_copy)
+    (engine_copy / CONFIG).write_text("{ not json")
+    with pytest.raises(EngineError, match=r"config\.json: not valid JSON"):
+        load(engine_copy)
+    (engine_copy / CONFIG).unlink()
+    with pytest.raises(EngineError, match=r"config\.json: missing.*fastdavs-build-engine"):
+        load(engine_copy)
+
+
+def test_engine_of_another_checkpoint_is_refused(tiny_engine, tmp_path):
+    other = _checkpoint(tmp_path / "other", seed=2)
+    with pytest.raises(EngineError, match=f"built from another checkpoint.*not {other}"):
+        load(tiny_engine, checkpoint=other)
+
+
+def test_tensorrt_engine_without_tensorrt_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    out = tmp_path / "trt"
+    out.mkdir()
+    for name in ("identity.plan", "frames.plan"):
+        (out / name).write_bytes(b"plan")
+    meta = {
+        "format": "fastdavs-engine", "format_version": 1, "backend": "tensorrt",
+        "model": TINY.to_dict(), "build": {"precision": "fp16", "batch": [1, 4, 8]},
+        "artifacts": {g: file_entry(out / f"{g}.plan") for g in ("identity", "frames")},
+    }  # fmt: skip
+    (out / CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(BackendUnavailable, match=r"TensorRT is not available.*pip install"):
+        load(out)
+
+
+def test_rebuild_replaces_an_engine_but_not_other_directories(tiny_ckpt, engine_copy, tmp_path):
+    before = json.loads((engine_copy / CONFIG).read_text())["parity"]["seed"]
+    build_engine(tiny_ckpt, engine_copy, BuildConfig(batch=BATCH))
+    assert json.loads((engine_copy / CONFIG).read_text())["parity"]["seed"] != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no .tmp- / .old- left
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    with pytest.raises(EngineError, match="not an engine directory"):
+        build_engine(tiny_ckpt, precious, BuildConfig())
+    assert (precious / "notes.txt").read_text() == "keep"
+
+
+# ---- the command ------------------------------------------------------------------------------
+def _main(capsys, *args) -> tuple[int, str]:
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_builds_with_progress(tiny_ckpt, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--batch", "1:2:4", "--out", tmp_path / "e"
+    )
+    assert code == 0, err
+    steps = [r.getMessage()[:5] for r in caplog.records if r.getMessage().startswith("[")]
+    assert steps == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert any(r.getMessage().startswith("parity: max abs error") for r in caplog.records)
+    assert load(tmp_path / "e").max_batch == 4
+
+
+def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
+    code, err = _main(capsys, "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "e")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert err.startswith("fastdavs-build-engine: error: ") and "nowhere" in err
+
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--precision", "bf16", "--out", tmp_path / "e"
+    )
+    assert code == 2 and "bf16 is not offered" in err
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--checkpoint", str(tiny_ckpt), "--batch", "4:2:8", "--out", "x"])
+    assert exit_info.value.code == 2 and "need 1 <= MIN <= OPT <= MAX" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_tensorrt_without_tensorrt(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--backend", "tensorrt", "--out", tmp_path / "e"
+    )
+    assert code == 2 and "TensorRT is not available" in err and "--backend onnxruntime" in err
+    assert not (tmp_path / "e").exists()
+
+
+# ---- the TensorRT builder, against a stand-in -------------------------------------------------
+class FakeTensorRT(types.ModuleType):
+    """A stand-in for the `tensorrt` module, NOT TensorRT: it implements only the calls that
+    fastdavs' builder makes, records them, reads network inputs from the real ONNX file, and
+    returns placeholder plans. Knobs: `parser_errors`, `fail_build`, `cache_fits`."""
+
+    def __init__(self, version: str = "10.13.0", strongly_typed: bool = True):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        self.parser_errors: list[dict] = []
+        self.fail_build = False
+        self.cache_fits = True
+        fake = self
+
+        class Logger:
+            WARNING = "WARNING"
+
+            def __init__(self, severity):
+                self.severity = severity
+
+        class Flags:
+            pass
+
+        if strongly_typed:
+            Flags.STRONGLY_TYPED = 0  # the bit index, as TensorRT's enum
+        self.Logger, self.NetworkDefinitionCreationFlag = Logger, Flags
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+        class Network:
+            def __init__(self, flags):
+                self.flags = flags
+                self.inputs = []
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, i):
+                return self.inputs[i]
+
+        class ParserError:
+            def __init__(self, e):
+                self.e = e
+
+            def node(self):
+                return self.e["node"]
+
+            def node_name(self):
+                return self.e["name"]
+
+            def node_operator(self):
+                return self.e["op"]
+
+            def desc(self):
+                return self.e["desc"]
+
+            def code(self):
+                return "UNSUPPORTED_NODE"
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse_from_file", path))
+                for t in onnx.load(path).graph.input:
+                    dims = tuple(d.dim_value or -1 for d in t.type.tensor_type.shape.dim)
+                    self.network.inputs.append(types.SimpleNamespace(name=t.name, shape=dims))
+                return not fake.parser_errors
+
+            @property
+            def num_errors(self):
+                return len(fake.parser_errors)
+
+            def get_error(self, i):
+                return ParserError(fake.parser_errors[i])
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return self.data + b"|timed"
+
+        class Config:
+            def __init__(self):
+                self.profiles, self.cache = [], None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("set_memory_pool_limit", pool, size))
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile)
+
+            def create_timing_cache(self, data):
+                fake.calls.append(("create_timing_cache", bytes(data)))
+                return Cache(bytes(data))
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fits = fake.cache_fits or cache.data == b""
+                if fits:
+                    self.cache = cache
+                return fits
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Profile:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes[name] = (lo, opt, hi)
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("create_network", flags))
+                return Network(flags)
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", [p.shapes for p in config.profiles]))
+                return None if fake.fail_build else b"PLAN"
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.fixture
+def graphs(tiny_ckpt, tmp_path) -> dict[str, Path]:
+    model = reference_model(tiny_ckpt)
+    return {
+        "identity": export_identity(model, tmp_path / "identity.onnx"),
+        "frames": export_frames(model, tmp_path / "frames.onnx"),
+    }
+
+
+def _fake(monkeypatch, **kwargs) -> FakeTensorRT:
+    fake = FakeTensorRT(**kwargs)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def test_tensorrt_builder_profiles_workspace_and_strong_typing(graphs, monkeypatch):
+    fake = _fake(monkeypatch)
+    builder = TensorRTBuilder(workspace_bytes=256 << 20)
+    network, _parser = builder.create_network(graphs["frames"])
+    assert ("create_network", 1 << 0) in fake.calls  # STRONGLY_TYPED
+    assert profile_shapes(network, (1, 25, 50)) == {  # pid and skip are static: no profile
+        "mfcc": ((1, 20, 12), (25, 20, 12), (50, 20, 12))
+    }
+    assert builder.create_engine(network, (1, 25, 50), "frames") == b"PLAN"
+    assert ("set_memory_pool_limit", "WORKSPACE", 256 << 20) in fake.calls
+    assert fake.calls[-1] == ("build", [{"mfcc": ((1, 20, 12), (25, 20, 12), (50, 20, 12))}])
+    network, _parser = builder.create_network(graphs["identity"])
+    builder.create_engine(network, (1, 1, 8), "identity")
+    assert fake.calls[-1] == (
+        "build",
+        [{"images": ((1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32))}],
+    )
+
+
+def test_tensorrt_11_without_the_flag_builds_strongly_typed_anyway(graphs, monkeypatch):
+    fake = _fake(monkeypatch, version="11.0.0", strongly_typed=False)
+    TensorRTBuilder(workspace_bytes=1 << 20).create_network(graphs["frames"])
+    assert ("create_network", 0) in fake.calls
+
+
+def test_tensorrt_timing_cache_is_read_and_persisted(graphs, tmp_path, monkeypatch):
+    fake = _fake(monkeypatch)
+    cache_file = tmp_path / "timing.cache"
+    cache_file.write_bytes(b"previous")
+    builder = TensorRTBuilder(workspace_bytes=1 << 20, timing_cache=cache_file)
+    for graph in ("identity", "frames"):
+        network, _parser = builder.create_network(graphs[graph])
+        builder.create_engine(network, (1, 2, 4), graph)
+    caches = [c[1] for c in fake.calls if c[0] == "create_timing_cache"]
+    assert caches == [b"previous", b"previous|timed"]  # the second build starts from the first
+    builder.save_timing_cache(cache_file)
+    assert cache_file.read_bytes() == b"previous|timed|timed"
+
+    fake.cache_fits = False  # a cache from another TensorRT or GPU: start afresh, not fail
+    builder = TensorRTBuilder(workspace_bytes=1 << 20, timing_cache=cache_file)
+    network, _parser = builder.create_network(graphs["frames"])
+    builder.create_engine(network, (1, 2, 4), "frames")
+    assert builder.cache_bytes == b"|timed"
+
+
+def test_tensorrt_parser_errors_are_all_reported(graphs, monkeypatch):
+    fake = _fake(monkeypatch)
+    fake.parser_errors = [
+        {"node": 3, "name": "/generator/Resize", "op": "Resize", "desc": "bad mode"},
+        {"node": 7, "name": "/head/ConvTranspose", "op": "ConvTranspose", "desc": "no tactic"},
+    ]
+    builder = TensorRTBuilder(workspace_bytes=1 << 20)
+    with pytest.raises(EngineError, match="2 error") as e:
+        builder.create_network(graphs["frames"])
+    for text in ("node 3 (Resize '/generator/Resize'): bad mode", "node 7", "no tactic"):
+        assert text in str(e.value)
+
+
+def test_tensorrt_failed_build_is_an_error(graphs, monkeypatch):
+    fake = _fake(monkeypatch)
+    fake.fail_build = True
+    builder = TensorRTBuilder(workspace_bytes=1 << 20)
+    network, _parser = builder.create_network(graphs["frames"])
+    with pytest.raises(EngineError, match="could not build the plan"):
+        builder.create_engine(network, (1, 2, 4), "frames")
+
+
+def test_tensorrt_lazy_import_messages(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'tensorrt>=10,<12'"):
+        import_tensorrt()
+    _fake(monkeypatch, version="8.6.1")
+    with pytest.raises(BackendUnavailable, match="TensorRT 8.6.1 is installed.*10 or 11"):
+        import_tensorrt()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="CUDA GPU.*--backend onnxruntime"):
+        require_gpu()
+
+
+# ---- real TensorRT ----------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_matches_eager(precision, tiny_ckpt, tmp_path):
+    pytest.importorskip("tensorrt")
+    out = build_engine(tiny_ckpt, tmp_path / "trt", BuildConfig("tensorrt", precision, BATCH))
+    assert (out / "timing.cache").stat().st_size > 0
+    images, mfcc = torch.rand(1, 3, 32, 32), MFCC_STD * torch.randn(11, 20, 12)
+    engine = load(out)
+    frames = engine.frames(mfcc, engine.identity(images)).cpu()
+    max_abs, min_psnr = TOLERANCES[precision]
+    ref = _eager(tiny_ckpt, images, mfcc)
+    assert (frames - ref).abs().max() <= max_abs and psnr(frames, ref).min() >= min_psnr
