@@ -16,13 +16,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import git
 
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, default_num_workers, make_loader
@@ -87,9 +87,7 @@ def main() -> None:
         "cpu_count": workers,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
-        "git": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "git": git("rev-parse", "--short", "HEAD"),
     }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "synthlrw"

@@ -45,8 +45,6 @@ import json
 import math
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -57,6 +55,7 @@ from pathlib import Path
 import contrastive_memory
 import torch
 import triton
+from common import git, median_p20_p80
 from kernel_work import H100_BW, H100_FLOPS, Work, contrastive_work, conv_work, mfcc_work
 from mfcc_librosa import mfcc_librosa
 
@@ -284,10 +283,7 @@ def summary(samples: list[float]) -> tuple[float, float, float]:
     """(median, p20, p80)."""
     if CUDA:
         return samples[0], samples[1], samples[2]
-    if len(samples) == 1:
-        return samples[0], samples[0], samples[0]
-    q = statistics.quantiles(samples, n=10, method="inclusive")
-    return statistics.median(samples), q[1], q[7]
+    return median_p20_p80(samples)
 
 
 def max_error(outs: tuple[torch.Tensor, ...], oracle: tuple[torch.Tensor, ...]) -> float:
@@ -639,9 +635,6 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
 
     return {
         "device": torch.cuda.get_device_name() if CUDA else "cpu",

@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import git
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
@@ -392,7 +392,6 @@ def main() -> int:
             }
         )
 
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     import onnxruntime
 
     env = {
@@ -401,7 +400,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "native_bf16": cpu_has_native_bf16(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "git": git.stdout.strip(),
+        "git": git("rev-parse", "--short", "HEAD"),
         "versions": {
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,

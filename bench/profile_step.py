@@ -61,7 +61,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import typing
@@ -71,6 +70,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import git, median_p20_p80
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs import steps
@@ -361,13 +361,6 @@ def _contended(samples: list[Sample], threads: int) -> bool:
     return threads > 1 and share < 0.8
 
 
-def _quantiles(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) == 1:
-        return xs[0], xs[0], xs[0]
-    q = statistics.quantiles(xs, n=10, method="inclusive")
-    return statistics.median(xs), q[1], q[7]
-
-
 # ---- main -----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -417,9 +410,7 @@ def main() -> int:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
         "machine": platform.processor() or platform.machine(),
-        "git": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "git": git("rev-parse", "--short", "HEAD"),
         "matmul_fp32_gflops": peak32,
         "matmul_bf16_gflops": peak16,
         "native_bf16": native_bf16,
@@ -532,7 +523,7 @@ def main() -> int:
             continue
         ref = samples.get((case, "fp32"))
         ref_ms = statistics.median(s.wall for s in ref) * 1e3 if ref else None
-        med, p20, p80 = _quantiles([s.wall for s in samples[key]])
+        med, p20, p80 = median_p20_p80([s.wall for s in samples[key]])
         gflop = flops[key] / 1e9
         row.update(
             gflop=gflop,

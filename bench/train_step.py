@@ -31,13 +31,13 @@ import csv
 import io
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import git, median_p20_p80
 
 from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
@@ -96,11 +96,6 @@ def _spawn(arm: str, preset: str, stage: str, steps: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _quantiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=10, method="inclusive")
-    return statistics.median(xs), q[1], q[7]
-
-
 def _loss_gap(a: dict[str, float], b: dict[str, float]) -> tuple[str, float]:
     """The loss part with the largest relative difference between two steps' parts."""
     gaps = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a}
@@ -117,7 +112,7 @@ def compare(preset: str, stage: str, steps: int, rounds: int) -> dict:
     batch = DavsConfig.from_preset(preset).optim.batch_size
     row: dict = {"preset": preset, "stage": stage, "batch": batch}
     for arm in ARMS:
-        med, p20, p80 = _quantiles([t for run in runs[arm] for t in run["times"]])
+        med, p20, p80 = median_p20_p80([t for run in runs[arm] for t in run["times"]])
         row |= {f"{arm}_ms": med * 1e3, f"{arm}_p20_ms": p20 * 1e3, f"{arm}_p80_ms": p80 * 1e3}
         row[f"{arm}_samples_per_s"] = batch / med
     row["speedup"] = row["fast_samples_per_s"] / row["reference_samples_per_s"]
@@ -147,13 +142,12 @@ def main() -> int:
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 and --rounds at least 1")
 
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     env = {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": cpu_has_native_bf16(),
         "machine": platform.processor() or platform.machine(),
-        "git": git.stdout.strip(),
+        "git": git("rev-parse", "--short", "HEAD"),
     }
     print(
         f"{args.stage} step, reference eager fp32 vs fast path; torch {env['torch']}, "
