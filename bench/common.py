@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import time
+from collections.abc import Callable
+
+import torch
 
 
 def git(*args: str) -> str:
@@ -17,3 +21,30 @@ def median_p20_p80(xs: list[float]) -> tuple[float, float, float]:
         return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=10, method="inclusive")
     return statistics.median(xs), q[1], q[7]
+
+
+def best_seconds(fn: Callable[[], object], reps: int = 5) -> float:
+    """Fastest of `reps` calls of `fn` after one warm-up call; waits for the GPU where there is
+    one, so that CUDA work is timed, not just launched."""
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak_gflops(n: int = 2048, device: str = "cpu") -> float:
+    """This machine's fp32 matmul rate (n x n by n x n, best of 5): the peak that benchmarks
+    report achieved GFLOP/s against, measured in the same run and with the same threads."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    return 2 * n**3 / best_seconds(lambda: torch.mm(a, b, out=out)) / 1e9

@@ -55,7 +55,7 @@ from pathlib import Path
 import contrastive_memory
 import torch
 import triton
-from common import git, median_p20_p80
+from common import best_seconds, git, matmul_peak_gflops, median_p20_p80
 from kernel_work import H100_BW, H100_FLOPS, Work, contrastive_work, conv_work, mfcc_work
 from mfcc_librosa import mfcc_librosa
 
@@ -404,25 +404,11 @@ def measure_peaks(quick: bool) -> dict:
     """Best-of-5 fp32 matmul GFLOP/s and copy GB/s (read + write) on this device."""
     device = "cuda" if CUDA else "cpu"
     n = 1024 if quick else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
     src = torch.randn((16 if quick else 64) * 2**20, device=device)  # 64 or 256 MiB
     dst = torch.empty_like(src)
-
-    def best(fn: Callable) -> float:
-        fn()
-        sync()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     return {
-        "matmul_gflops": 2 * n**3 / best(lambda: torch.mm(a, b, out=out)) / 1e9,
-        "copy_gbs": 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9,
+        "matmul_gflops": matmul_peak_gflops(n, device),
+        "copy_gbs": 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src)) / 1e9,
         "matmul_n": n,
         "copy_mib": src.numel() * 4 / 2**20,
     }

@@ -38,7 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import git
+from common import git, matmul_peak_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
@@ -82,14 +82,6 @@ def time_calls(fn, reps: int, budget_s: float, sync=lambda: None, min_reps=3) ->
         sync()
         times.append(time.perf_counter() - t)
     return times
-
-
-def matmul_peak_gflops(n: int = 2048) -> float:
-    """Best fp32 matmul rate of this machine, same threads as everything else."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    times = time_calls(lambda: torch.mm(a, b, out=out), reps=10, budget_s=10.0)
-    return 2 * n**3 / min(times) / 1e9
 
 
 def flops_per_frame(graph: FrameGraph, mfcc, pid, skip) -> float:

@@ -27,7 +27,13 @@ import torch
 from fastdavs import __version__
 from fastdavs.atomic import write_json
 from fastdavs.engines import engine_dir
-from fastdavs.engines.engine_dir import CONFIG, GRAPHS, TIMING_CACHE, artifact_name, file_entry
+from fastdavs.engines.engine_dir import (
+    CONFIG,
+    GRAPHS,
+    TIMING_CACHE,
+    artifact_entry,
+    artifact_name,
+)
 from fastdavs.engines.errors import EngineError
 from fastdavs.engines.export import (
     DTYPES,
@@ -234,7 +240,7 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
             },
         },
         "artifacts": {
-            graph: file_entry(tmp / artifact_name(cfg.backend, graph)) for graph in GRAPHS
+            graph: artifact_entry(tmp / artifact_name(cfg.backend, graph)) for graph in GRAPHS
         },
         "versions": versions,
         "host": {"machine": platform.machine(), "cpu": host_cpu(), **extra},

@@ -15,7 +15,6 @@ directory replaces it (reusing its timing cache); any other existing DIR is refu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,8 +22,10 @@ import secrets
 import shutil
 from pathlib import Path
 
+from fastdavs import manifest
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.engines.errors import EngineError
+from fastdavs.manifest import file_entry
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,9 @@ def artifact_name(backend: str, graph: str) -> str:
     return graph + SUFFIX[backend]
 
 
-def file_entry(path: Path) -> dict:
+def artifact_entry(path: Path) -> dict:
     """Manifest entry of a written artifact: its name, size and SHA-256."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"file": path.name, "size": path.stat().st_size, "sha256": digest}
+    return {"file": path.name, **file_entry(path)}
 
 
 def read_config(path: str | Path) -> dict:
@@ -57,21 +56,7 @@ def read_config(path: str | Path) -> dict:
         raise EngineError(f"{path}: no such engine directory; build one with fastdavs-build-engine")
     if not cfg_file.is_file():
         raise EngineError(f"{cfg_file}: missing, so {path} is not a complete engine; {rebuild}")
-    try:
-        meta = json.loads(cfg_file.read_bytes())
-    except OSError as e:
-        raise EngineError(f"{cfg_file}: cannot read it ({e.strerror})") from None
-    except ValueError as e:
-        raise EngineError(f"{cfg_file}: not valid JSON ({e}); {rebuild}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise EngineError(f'{cfg_file}: not a fastdavs engine (no "format": "{FORMAT}")')
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise EngineError(
-            f"{cfg_file}: engine format version {version!r}, this fastdavs reads version "
-            f"{FORMAT_VERSION}; " + ("upgrade fastdavs" if newer else rebuild)
-        )
+    meta = manifest.read_config(cfg_file, FORMAT, FORMAT_VERSION, "engine", EngineError, rebuild)
     backend = meta.get("backend")
     if backend not in SUFFIX:
         raise EngineError(f"{cfg_file}: unknown backend {backend!r}; {rebuild}")
@@ -80,35 +65,15 @@ def read_config(path: str | Path) -> dict:
     except (ConfigError, TypeError, AttributeError) as e:
         raise EngineError(f"{cfg_file}: bad model config ({e}); {rebuild}") from None
     artifacts = meta.get("artifacts")
+    entries = {}
     for graph in GRAPHS:
         entry = artifacts.get(graph) if isinstance(artifacts, dict) else None
         name = artifact_name(backend, graph)
-        if not (
-            isinstance(entry, dict)
-            and entry.get("file") == name
-            and isinstance(entry.get("size"), int)
-            and isinstance(entry.get("sha256"), str)
-        ):
+        if not (isinstance(entry, dict) and entry.get("file") == name):
             raise EngineError(f"{cfg_file}: no valid artifact entry for {name}; {rebuild}")
-        _check_file(path / name, entry, cfg_file, rebuild)
+        entries[name] = entry
+    manifest.check_files(path, entries, cfg_file, EngineError, rebuild)
     return meta
-
-
-def _check_file(file: Path, entry: dict, cfg_file: Path, rebuild: str) -> None:
-    try:
-        size = file.stat().st_size
-    except FileNotFoundError:
-        raise EngineError(f"{file}: missing (listed in {cfg_file}); {rebuild}") from None
-    if size != entry["size"]:
-        raise EngineError(
-            f"{file}: {size} bytes, {cfg_file} says {entry['size']}: the file was modified or "
-            f"damaged; {rebuild}"
-        )
-    if file_entry(file)["sha256"] != entry["sha256"]:
-        raise EngineError(
-            f"{file}: SHA-256 differs from the one in {cfg_file}: the file was modified or "
-            f"damaged; {rebuild}"
-        )
 
 
 def check_out_dir(out: Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from torch import nn
 from fastdavs import __version__
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.errors import CheckpointError
+from fastdavs.manifest import check_files, file_entry, read_config
 from fastdavs.model import DavsModel
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ TMP = ".tmp-"  # prefix of everything a save has not finished (or is deleting)
 MODEL, OPTIM, OPTIM_JSON = "model.safetensors", "optim.safetensors", "optim.json"
 RNG, RNG_JSON, TRAINER, CONFIG = "rng.safetensors", "rng.json", "trainer.json", "config.json"
 PAYLOAD = (MODEL, OPTIM, OPTIM_JSON, RNG, RNG_JSON, TRAINER)  # the files config.json vouches for
+DAMAGED = "the checkpoint was modified or damaged; use another one"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Optimizer states with one value per parameter element: each has its parameter's shape.
 _ELEMENTWISE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
@@ -139,7 +140,7 @@ def save_checkpoint(
                     (tmp / name).write_bytes(content)
                 else:
                     save_file(content, tmp / name, metadata={"format": "pt"})
-                manifest[name] = _seal(tmp / name)
+                manifest[name] = file_entry(tmp / name, fsync=True)
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -151,7 +152,7 @@ def save_checkpoint(
                 "manifest": manifest,
             }
             (tmp / CONFIG).write_bytes(_json_bytes(meta, "config"))
-            _seal(tmp / CONFIG)
+            file_entry(tmp / CONFIG, fsync=True)
             _fsync_dir(tmp)
             if final.exists():
                 # Re-saving a name: the run resumed from an earlier checkpoint and reached it again.
@@ -241,14 +242,6 @@ def _json_bytes(obj: Any, what: str, indent: int | None = 2) -> bytes:
         return (json.dumps(obj, indent=indent) + "\n").encode()
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} is not JSON-serialisable: {e}") from None
-
-
-def _seal(path: Path) -> dict:
-    """fsync a written file; return its manifest entry (SHA-256 and size as they are on disk)."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-        os.fsync(f.fileno())
-        return {"sha256": digest, "size": os.fstat(f.fileno()).st_size}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -348,51 +341,13 @@ def _verify(path: Path) -> dict:
             f"{path}: not a checkpoint directory (no {CONFIG}); pass a checkpoint such as "
             f"RUN/{CHECKPOINTS}/step_000100 or a run directory RUN"
         )
-    try:
-        meta = json.loads(cfg_file.read_bytes())
-    except OSError as e:
-        raise CheckpointError(f"{cfg_file}: cannot read it ({e.strerror})") from None
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e}); the file is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f'{cfg_file}: not a fastdavs checkpoint (no "format": "{FORMAT}")')
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise CheckpointError(
-            f"{cfg_file}: unknown checkpoint format version {version!r}; fastdavs {__version__} "
-            f"reads version {FORMAT_VERSION}" + ("; upgrade fastdavs to load it" if newer else "")
-        )
+    meta = read_config(cfg_file, FORMAT, FORMAT_VERSION, "checkpoint", CheckpointError, DAMAGED)
     manifest = meta.get("manifest")
     if not isinstance(manifest, dict):
-        raise CheckpointError(f"{cfg_file}: has no manifest; the file was edited or damaged")
-    for name in PAYLOAD:
-        entry, file = manifest.get(name), path / name
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("size"), int)
-            and isinstance(entry.get("sha256"), str)
-        ):
-            raise CheckpointError(f"{cfg_file}: the manifest has no valid entry for {name}")
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            raise CheckpointError(
-                f"{file}: missing (listed in the manifest of {cfg_file})"
-            ) from None
-        if size < entry["size"]:
-            raise CheckpointError(f"{file}: truncated ({size} of {entry['size']} bytes)")
-        if size > entry["size"]:
-            raise CheckpointError(
-                f"{file}: size mismatch ({size} bytes, the manifest says {entry['size']})"
-            )
-        with open(file, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != entry["sha256"]:
-            raise CheckpointError(
-                f"{file}: checksum mismatch (sha256 {digest[:16]}..., the manifest says "
-                f"{entry['sha256'][:16]}...); the file was modified or damaged"
-            )
+        raise CheckpointError(f"{cfg_file}: has no manifest; {DAMAGED}")
+    check_files(
+        path, {name: manifest.get(name) for name in PAYLOAD}, cfg_file, CheckpointError, DAMAGED
+    )
     return meta
 
 

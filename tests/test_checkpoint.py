@@ -185,14 +185,14 @@ def test_checkpoint_holds_no_pickle_and_loads_without_it(tmp_path, monkeypatch):
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model = DavsModel(TINY)
     first = save_checkpoint(tmp_path, "step_000001", model, trainer_state={"step": 1})
-    real_seal = ckpt._seal
+    real_entry = ckpt.file_entry
 
-    def disk_full_after_model(path):
+    def disk_full_after_model(path, **kwargs):
         if path.name != MODEL:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_seal(path)
+        return real_entry(path, **kwargs)
 
-    monkeypatch.setattr(ckpt, "_seal", disk_full_after_model)
+    monkeypatch.setattr(ckpt, "file_entry", disk_full_after_model)
     with pytest.raises(CheckpointError) as e:
         save_checkpoint(tmp_path, "step_000002", model, trainer_state={"step": 2})
     ckpt_dir = tmp_path / "checkpoints"
@@ -266,7 +266,7 @@ def _truncate(path: Path) -> str:
     size = (path / MODEL).stat().st_size
     with open(path / MODEL, "r+b") as f:
         f.truncate(size // 2)
-    return f"{path / MODEL}: truncated ({size // 2} of {size} bytes)"
+    return f"{path / MODEL}: truncated ({size // 2} bytes, {path / CONFIG} says {size})"
 
 
 def _flip_byte(path: Path) -> str:
@@ -280,12 +280,12 @@ def _grow(path: Path) -> str:
     size = (path / MODEL).stat().st_size
     with open(path / MODEL, "ab") as f:
         f.write(b"\0")
-    return f"{path / MODEL}: size mismatch ({size + 1} bytes, the manifest says {size})"
+    return f"{path / MODEL}: size mismatch ({size + 1} bytes, {path / CONFIG} says {size})"
 
 
 def _remove_rng_json(path: Path) -> str:
     (path / RNG_JSON).unlink()
-    return f"{path / RNG_JSON}: missing (listed in the manifest of {path / CONFIG})"
+    return f"{path / RNG_JSON}: missing (listed in {path / CONFIG})"
 
 
 def _future_version(path: Path) -> str:

@@ -28,7 +28,7 @@ from fastdavs.engines import (
 )
 from fastdavs.engines import build as cli
 from fastdavs.engines import builder as builder_module
-from fastdavs.engines.engine_dir import CONFIG, file_entry
+from fastdavs.engines.engine_dir import CONFIG, artifact_entry
 from fastdavs.engines.export import MFCC_STD, export_frames, export_identity, reference_model
 from fastdavs.engines.parity import TOLERANCES
 from fastdavs.engines.tensorrt_engine import (
@@ -179,10 +179,10 @@ def test_tampered_artifact_is_refused(engine_copy):
     data = bytearray((engine_copy / "frames.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other content
     (engine_copy / "frames.onnx").write_bytes(bytes(data))
-    with pytest.raises(EngineError, match=r"frames\.onnx: SHA-256 differs.*rebuild"):
+    with pytest.raises(EngineError, match=r"frames\.onnx: checksum mismatch.*rebuild"):
         load(engine_copy)
     (engine_copy / "identity.onnx").write_bytes(b"truncated")
-    with pytest.raises(EngineError, match=r"identity\.onnx: 9 bytes"):
+    with pytest.raises(EngineError, match=r"identity\.onnx: truncated \(9 bytes"):
         load(engine_copy)
     (engine_copy / "identity.onnx").unlink()
     with pytest.raises(EngineError, match=r"identity\.onnx: missing"):
@@ -225,7 +225,7 @@ def test_tensorrt_engine_without_tensorrt_says_how_to_get_it(tmp_path, monkeypat
     meta = {
         "format": "fastdavs-engine", "format_version": 1, "backend": "tensorrt",
         "model": TINY.to_dict(), "build": {"precision": "fp16", "batch": [1, 4, 8]},
-        "artifacts": {g: file_entry(out / f"{g}.plan") for g in ("identity", "frames")},
+        "artifacts": {g: artifact_entry(out / f"{g}.plan") for g in ("identity", "frames")},
     }  # fmt: skip
     (out / CONFIG).write_text(json.dumps(meta))
     with pytest.raises(BackendUnavailable, match=r"TensorRT is not available.*pip install"):
