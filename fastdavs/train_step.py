@@ -43,6 +43,7 @@ STAGE_MODULES = {
         ),
     ),
 }
+ADVERSARIES = ("pid_word_adversary", "wid_person_adversary")  # lr scaled by adversary_lr_scale
 
 
 def cpu_has_native_bf16() -> bool:
@@ -96,13 +97,23 @@ class TrainStep:
         self.bad_parts: dict[str, float] = {}  # loss parts of the last skipped side
 
     def make_optimizers(self, stage: str) -> None:
-        """Fresh Adam optimisers for `stage`'s generator ("g") and discriminator ("d") sides."""
+        """Fresh Adam optimisers for `stage`'s generator ("g") and discriminator ("d") sides.
+        With adversary_lr_scale != 1 the disentangling adversaries form a parameter group of
+        their own at the scaled lr (otherwise one group, as checkpoints of earlier runs hold)."""
         o = self.cfg.optim
         self.optimizers = {}
+        split = o.adversary_lr_scale != 1.0
         for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
-            params = [p for n in names for p in getattr(self.model, n).parameters()]
-            if params:
-                self.optimizers[side] = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2))
+            groups = []
+            for scale, members in (
+                (1.0, [n for n in names if not (split and n in ADVERSARIES)]),
+                (o.adversary_lr_scale, [n for n in names if split and n in ADVERSARIES]),
+            ):
+                params = [p for n in members for p in getattr(self.model, n).parameters()]
+                if params:
+                    groups.append({"params": params, "lr": o.lr * scale})
+            if groups:
+                self.optimizers[side] = torch.optim.Adam(groups, betas=(o.beta1, o.beta2))
 
     def autocast_dtype(self) -> torch.dtype:
         """What `amp` computes in: fp16 on CUDA, bf16 on a CPU with native bf16, else float32."""

@@ -8,6 +8,7 @@ import torch
 from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
+from fastdavs.train_step import ADVERSARIES, TrainStep
 
 B = 3
 
@@ -106,3 +107,21 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage):
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_adversaries_get_their_own_scaled_learning_rate():
+    cfg = DavsConfig.from_preset("tiny")
+    cfg.optim.adversary_lr_scale = 7.0
+    model = DavsModel(cfg)
+    step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
+    step.make_optimizers("gen")
+    adversaries = {id(p) for n in ADVERSARIES for p in getattr(model, n).parameters()}
+    for side, opt in step.optimizers.items():
+        for group in opt.param_groups:
+            ids = {id(p) for p in group["params"]}
+            scaled = group["lr"] == pytest.approx(7.0 * cfg.optim.lr)
+            assert ids <= adversaries if scaled else not ids & adversaries, side
+            if not scaled:
+                assert group["lr"] == pytest.approx(cfg.optim.lr)
+    d_params = {id(p) for g in step.optimizers["d"].param_groups for p in g["params"]}
+    assert adversaries <= d_params
