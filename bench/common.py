@@ -9,6 +9,10 @@ from collections.abc import Callable
 
 import torch
 
+from fastdavs.config import DavsConfig
+from fastdavs.engines.export import MFCC_STD
+from fastdavs.model import DavsModel
+
 
 def git(*args: str) -> str:
     """`git ARGS` in the current directory, its stdout stripped ('' outside a checkout)."""
@@ -48,3 +52,17 @@ def matmul_peak_gflops(n: int = 2048, device: str = "cpu") -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
     return 2 * n**3 / best_seconds(lambda: torch.mm(a, b, out=out)) / 1e9
+
+
+def random_model(preset: str) -> DavsModel:
+    """A seeded, randomly initialised model of `preset` in eval mode, its BatchNorm statistics
+    taken from two forward passes on realistic inputs (not the N(0, 1) defaults), for
+    benchmarks run without a trained checkpoint."""
+    torch.manual_seed(0)
+    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref"))
+    s = model.cfg.image_size
+    with torch.no_grad():
+        for _ in range(2):
+            ident = model.encode_identity(torch.rand(2, 3, s, s))
+            model.generate(ident, model.encode_audio(MFCC_STD * torch.randn(2, 2, 20, 12)))
+    return model.eval()

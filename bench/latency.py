@@ -38,12 +38,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import git, matmul_peak_gflops
+from common import git, matmul_peak_gflops, random_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
 from fastdavs.checkpoint import save_checkpoint
-from fastdavs.config import DavsConfig
 from fastdavs.engines import BuildConfig, EngineError, build_engine, load
 from fastdavs.engines.export import MFCC_STD, FrameGraph, IdentityGraph, reference_model
 from fastdavs.engines.runtime import IdentityCache
@@ -89,17 +88,6 @@ def flops_per_frame(graph: FrameGraph, mfcc, pid, skip) -> float:
     with torch.inference_mode(), counter:
         graph(mfcc, pid, skip)
     return counter.get_total_flops() / len(mfcc)
-
-
-def _random_model(preset: str) -> DavsModel:
-    torch.manual_seed(0)
-    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref"))
-    s = model.cfg.image_size
-    with torch.no_grad():  # realistic BatchNorm statistics instead of N(0, 1) defaults
-        for _ in range(2):
-            ident = model.encode_identity(torch.rand(2, 3, s, s))
-            model.generate(ident, model.encode_audio(MFCC_STD * torch.randn(2, 2, 20, 12)))
-    return model.eval()
 
 
 def eager_paths(model: DavsModel, skip_paths: set[str]) -> dict:
@@ -292,7 +280,7 @@ def main() -> int:
             model = reference_model(ckpt)
             note = f"checkpoint {ckpt}"
         else:
-            model = _random_model(args.preset)
+            model = random_model(args.preset)
             ckpt = save_checkpoint(tmp / "run", "random_init", model)
             note = f"randomly initialised {args.preset} model (no --checkpoint)"
         cfg = model.cfg

@@ -42,8 +42,13 @@ N_COEFFS = 12  # K: c1..c12
 # int16-range samples), so it only changes frames that are (nearly) digitally silent.
 LOG_FLOOR = 1e-10
 WINDOW_STEPS = 20  # MFCC steps per video-frame window (0.2 s)
-STEPS_PER_FRAME = SAMPLE_RATE // HOP // 25  # 4 MFCC steps per 25 fps video frame
+FPS = 25  # the model's (LRW's) video frame rate
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of audio per video frame
+STEPS_PER_FRAME = SAMPLE_RATE // HOP // FPS  # 4 MFCC steps per video frame
 FIRST_FRAME = 2  # video frame l takes columns [4l - 8, 4l + 12): the first that fits is l = 2
+# Generation and streaming read a clip as if preceded by this much digital silence, so that
+# frame 0 (the clip's first 40 ms) has a window: frames 0 and 1 start 80 and 40 ms before it.
+LEAD_SAMPLES = FIRST_FRAME * SAMPLES_PER_FRAME  # 1280
 
 
 class AudioError(FastdavsError, ValueError):
@@ -198,7 +203,11 @@ def int16_gain(x: torch.Tensor) -> torch.Tensor:
 
 
 def mfcc(
-    audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, *, backend: str = "auto"
+    audio: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    backend: str = "auto",
+    gain: float | None = None,
 ) -> torch.Tensor:
     """MFCCs of the DAVS recipe (spec/davs.md §3.3; see this module's docstring for the steps).
 
@@ -213,6 +222,14 @@ def mfcc(
             `fastdavs.kernels.mfcc.mfcc` (forward only; float32, float16 or bfloat16);
             ``"auto"`` picks the kernel for CUDA input of those dtypes when no gradient is
             needed, the code below otherwise (always on CPU). (Default: ``"auto"``)
+        gain (float or None, optional): multiply every row by this instead of its int16 gain,
+            for audio whose peak is not known up front (`fastdavs.stream` fixes it before the
+            clip has ended). c1..c12 do not depend on the gain (it adds the same constant to
+            every log energy of a frame, which DCT rows 1.. cancel; a power of two such as
+            32768 or 1 also scales the FFT exactly), except in frames whose filter-bank energy
+            is below ``LOG_FLOOR`` under one gain and not the other: near digital silence.
+            The fused kernel does not take it: ``"auto"`` then runs the code below and
+            ``"triton"`` refuses. (Default: None, the per-row int16 gain)
 
     Returns:
         Tensor: c1..c12, shape `(B, K=12, F)` (or `(K, F)` for 1-D input), F = (S - 400) // 160 + 1
@@ -230,7 +247,9 @@ def mfcc(
             f"MFCC needs {SAMPLE_RATE} Hz audio, got {sample_rate} Hz: resample to "
             f"{SAMPLE_RATE} Hz first (e.g. decode with ffmpeg -ar 16000 -ac 1)"
         )
-    if backend != "ref":
+    if gain is not None and backend == "triton":
+        raise AudioError('mfcc: a fixed gain= runs on backend "ref" (or "auto"), not "triton"')
+    if backend != "ref" and gain is None:
         # Imported here: the kernel module imports this one (its reference and matrices).
         from fastdavs.kernels.mfcc import mfcc as fused
 
@@ -239,7 +258,7 @@ def mfcc(
     x = audio if audio.dim() == 2 else audio[None]  # [B, S]
     window, fbank_t, lifted_dct_t = _recipe_matrices(x.dtype, x.device)
 
-    x = x * int16_gain(x)
+    x = x * (int16_gain(x) if gain is None else gain)
     y = torch.cat([x[:, :1], x[:, 1:] - PREEMPH * x[:, :-1]], dim=1)  # [B, S]
     frames = y.unfold(1, WIN, HOP) * window  # [B, F, WIN]
     spec = torch.fft.rfft(frames, n=NFFT).abs()  # [B, F, NFFT // 2 + 1]

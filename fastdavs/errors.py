@@ -9,13 +9,13 @@ class FastdavsError(Exception):
     """A user-caused error; the message names the file or option and what to do."""
 
 
-class NotImplementedYet(FastdavsError):
-    """A command or option that a later issue delivers."""
-
-
 class DataError(FastdavsError):
     """A media or data file cannot be used (unreadable, no audio, too short, no face...)."""
 
 
 class CheckpointError(FastdavsError):
     """A checkpoint cannot be written or used (damaged, edited, wrong model, newer format...)."""
+
+
+class OptionError(FastdavsError):
+    """An option, or a combination of options, that the command cannot honour."""

@@ -361,3 +361,47 @@ def test_atomic_write(tmp_path, monkeypatch, existing):
     vio.write_mp4(path, smooth_frames(T, 32, 32), tone(S, SR))  # and then it succeeds
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     assert vio.read_clip(path).frames.shape == (T, 32, 32, 3)
+
+
+def test_streaming_writer_equals_write_mp4(tmp_path, written):
+    """Mp4Writer fed in uneven chunks writes the file write_mp4 writes (same decoded frames
+    and sound); a chunk of another size, or an error, leaves no file."""
+    _, frames, audio, _ = written
+    path = tmp_path / "chunks.mp4"
+    with vio.Mp4Writer(path, (96, 128), audio) as writer:
+        for lo, hi in [(0, 1), (1, 8), (8, 20), (20, T)]:
+            writer.write(frames[lo:hi])
+    assert writer.frames_written == T
+    whole, chunked = vio.read_clip(written[0]), vio.read_clip(path)
+    np.testing.assert_array_equal(chunked.frames, whole.frames)
+    np.testing.assert_array_equal(chunked.audio, whole.audio)
+    bad = tmp_path / "bad.mp4"
+    match = "frames of 32x32 after frames of 96x128"
+    with pytest.raises(DataError, match=match), vio.Mp4Writer(bad, (96, 128)) as writer:
+        writer.write(frames[:3])
+        writer.write(smooth_frames(2, 32, 32))
+    with pytest.raises(DataError, match="no frames were written"):
+        vio.Mp4Writer(bad, (96, 128)).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.mp4"]
+
+
+def test_iter_video_frames_and_soundtrack(written):
+    """Streaming reads give what read_clip gives, and stop early without decoding the rest."""
+    path, _, _, _ = written
+    clip = vio.read_clip(path)
+    np.testing.assert_array_equal(np.stack(list(vio.iter_video_frames(path))), clip.frames)
+    frames = vio.iter_video_frames(path)
+    np.testing.assert_array_equal(next(frames), clip.frames[0])
+    frames.close()
+    np.testing.assert_array_equal(vio.read_soundtrack(path), clip.audio)
+    assert vio.video_frame_rate(path) == FPS
+
+
+def test_soundtrack_of_a_silent_video_and_stream_errors(tmp_path, silent_mp4):
+    assert vio.read_soundtrack(silent_mp4) is None
+    with pytest.raises(DataError, match="no such file"):
+        next(vio.iter_video_frames(tmp_path / "missing.mp4"))
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone(SR, SR), SR)
+    with pytest.raises(DataError, match="has no video stream"):
+        vio.video_frame_rate(wav)

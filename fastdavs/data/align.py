@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -303,12 +304,35 @@ def _detect(frame: np.ndarray, near: np.ndarray | None) -> tuple[np.ndarray, np.
     found = _face_box(cv2.equalizeHist(small), near)
     if found is None:
         return None
-    box = found / s  # [4] x, y, w, h in frame pixels
+    return _points_in_box(grey, found / s), found
+
+
+def _points_in_box(grey: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The 3 points [3, 2] of the face in `box` [x, y, w, h] (frame pixels) of a grey frame."""
     eyes = _eyes_in_face(grey, box)
     if eyes is None:
         x, y, w, h = box
         eyes = np.array([[x + fx * w, y + FACE_EYE_Y * h] for fx in FACE_EYE_X])
-    return np.concatenate([eyes, mouth_from_eyes(eyes[0], eyes[1])[None]]), found
+    return np.concatenate([eyes, mouth_from_eyes(eyes[0], eyes[1])[None]])
+
+
+def points_in_box(frame: np.ndarray, box) -> np.ndarray:
+    """The 3 alignment points of the face in a given box, for a face Haar misses or to pick
+    one face among several (`fastdavs-generate --box`).
+
+    Eyes come from the eye cascades inside the box, else from the box's standard proportions
+    (``FACE_EYE_X``, ``FACE_EYE_Y``); the mouth from the eyes. The box is read like a
+    frontal-face Haar box: about the face from brows to chin, ear to ear.
+
+    Args:
+        frame (ndarray): uint8 RGB `(H, W, 3)` or grey `(H, W)`.
+        box: (x, y, w, h) in frame pixels, w and h > 0.
+
+    Returns:
+        ndarray: float64 `(3, 2)`: left eye, right eye, mouth centre.
+    """
+    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return _points_in_box(grey, np.asarray(box, dtype=np.float64))
 
 
 def detect_points_haar(frame: np.ndarray) -> np.ndarray | None:
@@ -330,23 +354,27 @@ def detect_points_haar(frame: np.ndarray) -> np.ndarray | None:
     return None if found is None else found[0]
 
 
-def detect_points_clip(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def detect_points_clip(frames: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """`detect_points_haar` on every frame, each face searched first near the last one found.
 
     Args:
-        frames (ndarray): uint8 RGB `(T, H, W, 3)` or grey `(T, H, W)`.
+        frames (ndarray or iterable): uint8 RGB `(T, H, W, 3)` or grey `(T, H, W)`, or any
+            iterable of such frames (a decoder's generator: only the points are kept).
 
     Returns:
         (ndarray, ndarray): points `(T, 3, 2)` (NaN where no face) and found, bool `(T,)`.
     """
-    points = np.full((len(frames), 3, 2), np.nan)
-    found = np.zeros(len(frames), dtype=bool)
+    points: list[np.ndarray] = []
     box = None
-    for t, frame in enumerate(frames):
+    for frame in frames:
         hit = _detect(frame, box)
-        if hit is not None:
-            (points[t], box), found[t] = hit, True
-    return points, found
+        if hit is None:
+            points.append(np.full((3, 2), np.nan))
+        else:
+            point, box = hit
+            points.append(point)
+    points_arr = np.array(points, dtype=np.float64).reshape(-1, 3, 2)
+    return points_arr, np.isfinite(points_arr).all(axis=(1, 2))
 
 
 def smooth_points(

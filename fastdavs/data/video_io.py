@@ -2,7 +2,9 @@
 
 Data flow: `read_clip` is the first step of the pipeline (DESIGN.md, Data flow): an LRW-layout mp4
 becomes RGB frames plus 16 kHz mono float audio aligned to them, which `fastdavs.audio` turns into
-MFCC windows. `write_mp4` is the last step of generation and what SynthLRW writes its clips with.
+MFCC windows. `write_mp4` is what SynthLRW writes its clips with; `Mp4Writer` writes the same a
+chunk of frames at a time (the last step of generation), and `iter_video_frames` and
+`read_soundtrack` read long videos without holding all their frames.
 
 The sync contract, relied on by the MFCC windows (frame l <-> audio around l / fps):
 - frame k of a `Clip` is the one displayed at k / fps after the first frame;
@@ -32,8 +34,10 @@ not reach it. Dimension letters: T frames, H/W height/width, S samples.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -123,8 +127,10 @@ def _read(
     decode_audio: bool,
     require_audio: bool,
     min_frames: int,
+    keep_frames: bool = True,
 ) -> Clip:
-    """`read_clip`, or `read_video_frames` when not `decode_audio` (then `audio` is None)."""
+    """`read_clip`, or `read_video_frames` when not `decode_audio` (then `audio` is None);
+    without `keep_frames` the frames are decoded and counted but not kept (`frames` is None)."""
     path = Path(path)
     with _open(path) as container:
         if not container.streams.video:
@@ -139,15 +145,17 @@ def _read(
         if not decode_audio:
             astream = None
         fps = _frame_rate(path, vstream)
-        frames, v_start, audio, a_start = _decode(path, container, vstream, astream, sample_rate)
-    if len(frames) < min_frames:
+        frames, n_frames, v_start, audio, a_start = _decode(
+            path, container, vstream, astream, sample_rate, keep_frames
+        )
+    if n_frames < min_frames:
         raise DataError(
-            f"{path}: has {len(frames)} video frames, at least {min_frames} are needed; "
+            f"{path}: has {n_frames} video frames, at least {min_frames} are needed; "
             "skip this clip or use a longer one"
         )
     if audio is not None:
         shift = round((a_start - v_start) * sample_rate)
-        audio = _align(audio, shift, len(frames), fps, sample_rate)
+        audio = _align(audio, shift, n_frames, fps, sample_rate)
     return Clip(frames=frames, audio=audio, fps=fps, path=path, sample_rate=sample_rate)
 
 
@@ -174,8 +182,62 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     with _open(path) as container:
         if not container.streams.audio:
             raise DataError(f"{path}: has no audio track; pass an audio file (wav, mp3, m4a...)")
-        _, _, audio, _ = _decode(path, container, None, container.streams.audio[0], sample_rate)
+        astream = container.streams.audio[0]
+        audio = _decode(path, container, None, astream, sample_rate, keep_frames=False)[3]
     return audio
+
+
+def read_soundtrack(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
+    """A video's sound, aligned as `read_clip` aligns it, without keeping the frames (bounded
+    memory for long videos; they are still decoded, to count them and to find the first one's
+    time).
+
+    Returns:
+        ndarray or None: float32 `(S,)`, sample 0 at the start of frame 0, S = round(T / fps *
+        sample_rate) for T frames; None when the file has no audio track.
+
+    Raises:
+        DataError: as `read_clip` (a missing audio track is not an error here).
+    """
+    return _read(
+        path,
+        sample_rate,
+        decode_audio=True,
+        require_audio=False,
+        min_frames=1,
+        keep_frames=False,
+    ).audio
+
+
+def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The video frames of a file one at a time, uint8 RGB `(H, W, 3)` in display order, for
+    files too long to hold in memory (`read_video_frames` returns them all). Stop early by
+    closing the generator (or simply dropping it).
+
+    Raises:
+        DataError: as `read_video_frames`, when the bad part is reached.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
+        vstream = container.streams.video[0]
+        for kind, frame, _ in _demux(path, container, vstream, None, SAMPLE_RATE, True):
+            if kind == "video":
+                yield frame
+
+
+def video_frame_rate(path: str | os.PathLike) -> float:
+    """Frames per second of a file's first video stream (the stream's average rate).
+
+    Raises:
+        DataError: missing or unreadable file, no video stream, no frame rate.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
+        return _frame_rate(path, container.streams.video[0])
 
 
 def write_mp4(
@@ -220,23 +282,132 @@ def write_mp4(
         DataError: no such directory, frames or audio of the wrong shape or dtype, or odd H or W.
     """
     path = Path(path)
-    _check_writable(path, frames, audio)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-    try:
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-            x264 = {"preset": preset, "crf": str(crf), "threads": str(threads)}
-            _encode(container, frames, audio, fps, sample_rate, x264)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _check_frames(path, frames)
+    with Mp4Writer(
+        path,
+        frames.shape[1:3],
+        audio,
+        fps=fps,
+        sample_rate=sample_rate,
+        crf=crf,
+        preset=preset,
+        threads=threads,
+    ) as writer:
+        writer.write(frames)
     return path
+
+
+class Mp4Writer:
+    """`write_mp4` a chunk of frames at a time, for videos too long to hold in memory.
+
+        with Mp4Writer(path, (H, W), audio) as writer:
+            for chunk in chunks:        # uint8 RGB [n, H, W, 3]
+                writer.write(chunk)
+
+    The file appears at `path` (atomically, as `write_mp4`'s) when the block ends without an
+    error; an error, or `abort()`, removes the temporary file and leaves `path` as it was. The
+    audio (small next to the frames) is given whole and encoded at the end, after the frames.
+    Arguments are `write_mp4`'s, with the frame size `(H, W)` (both even) instead of frames.
+
+    Raises:
+        DataError: no such directory, odd H or W, audio of the wrong shape or dtype, or a chunk
+            that is not uint8 RGB of the declared size.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        size: tuple[int, int],
+        audio: np.ndarray | None = None,
+        *,
+        fps: float = 25,
+        sample_rate: int = SAMPLE_RATE,
+        crf: int = 18,
+        preset: str = "superfast",
+        threads: int = 1,
+    ):
+        self.path = Path(path)
+        self.size = (int(size[0]), int(size[1]))
+        _check_target(self.path, self.size, audio)
+        self.audio, self.sample_rate = audio, sample_rate
+        self.frames_written = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
+        self._container = av.open(
+            str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"}
+        )
+        try:
+            rate = Fraction(fps).limit_denominator(1001)
+            self._vstream = self._container.add_stream(VIDEO_CODEC, rate=rate)
+            self._vstream.height, self._vstream.width = self.size
+            self._vstream.pix_fmt = "yuv420p"
+            self._vstream.options = {"preset": preset, "crf": str(crf), "threads": str(threads)}
+            self._astream = None
+            if audio is not None:
+                self._astream = self._container.add_stream(AUDIO_CODEC, rate=sample_rate)
+                self._astream.layout = "mono"
+                self._astream.bit_rate = AUDIO_BIT_RATE
+                self._astream.options = AUDIO_OPTIONS
+        except BaseException:
+            self.abort()
+            raise
+        self._reformatter = VideoReformatter()  # one libswscale context per clip, as `_demux`
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode frames: uint8 RGB `(n, H, W, 3)` of the declared size."""
+        _check_frames(self.path, frames, self.size)
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = self._reformatter.reformat(frame, format="yuv420p", threads=1)
+            frame.pts = self.frames_written  # in the stream's time base 1 / fps
+            self._container.mux(self._vstream.encode(frame))
+            self.frames_written += 1
+
+    def close(self) -> Path:
+        """Flush the video, encode the audio, and move the file to `path`."""
+        if self._container is None:
+            return self.path
+        try:
+            if not self.frames_written:
+                raise DataError(f"{self.path}: no frames were written; nothing to save")
+            self._container.mux(self._vstream.encode(None))
+            if self._astream is not None:
+                samples = np.clip(self.audio, -1.0, 1.0).astype(np.float32)[None]  # [1, S]
+                frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+                frame.sample_rate = self.sample_rate
+                frame.pts = 0  # plays with video frame 0
+                self._container.mux(self._astream.encode(frame))
+                self._container.mux(self._astream.encode(None))
+            self._container.close()
+            self._container = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; `path` is left as it was."""
+        if self._container is not None:
+            # Closing a half-written file may fail; it is deleted next anyway.
+            with contextlib.suppress(av.FFmpegError):
+                self._container.close()
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _open(path: Path) -> av.container.InputContainer:
     """`av.open` with the usual failures turned into DataErrors that say what to do."""
     if not path.exists():
-        raise DataError(f"{path}: no such file; check the path (LRW: ROOT/WORD/SPLIT/WORD_*.mp4)")
+        raise DataError(f"{path}: no such file; check the path")
     if not path.is_file():
         raise DataError(f"{path}: is not a file; pass a media file")
     if path.stat().st_size == 0:
@@ -257,23 +428,20 @@ def _frame_rate(path: Path, vstream: av.VideoStream) -> float:
     return float(rate)
 
 
-def _decode(
+def _demux(
     path: Path,
     container: av.container.InputContainer,
     vstream: av.VideoStream | None,
     astream: av.AudioStream | None,
     sample_rate: int,
-) -> tuple[np.ndarray | None, float, np.ndarray | None, float]:
-    """Demux and decode the given streams in one pass.
-
-    Returns:
-        frames `(T, H, W, 3)` uint8 or None, time of the first frame (s), audio `(S,)` float32
-        or None, time of the first audio sample (s).
-    """
-    frames: list[np.ndarray] = []
-    chunks: list[np.ndarray] = []
-    v_start = a_start = None
-    n_packets = 0  # video packets, to detect a file cut at a packet boundary
+    rgb: bool,
+) -> Iterator[tuple[str, np.ndarray | None, float]]:
+    """Demux and decode the given streams in one pass, yielding ("video", frame `(H, W, 3)`
+    uint8 RGB, or None without `rgb`, time in s) and ("audio", float32 mono samples `(S,)` at
+    `sample_rate`, possibly empty, time of the decoded frame in s), in decoding order. The
+    resampler's tail comes last with time NaN. Damage and truncation raise DataError where they
+    are found."""
+    n_packets = n_frames = 0  # video packets, to detect a file cut at a packet boundary
     # `frame.to_ndarray(format="rgb24")` builds a libswscale context with a thread pool per frame,
     # which costs >10x more than decoding a 128x128 frame; one context per clip, one thread.
     reformatter = VideoReformatter()
@@ -286,14 +454,16 @@ def _decode(
                 n_packets += 1
             for frame in packet.decode():
                 if isinstance(frame, av.VideoFrame):
-                    v_start = frame.time if v_start is None else v_start
-                    rgb = reformatter.reformat(frame, format="rgb24", threads=1)
-                    frames.append(rgb.to_ndarray())
-                else:
-                    a_start = frame.time if a_start is None else a_start
-                    chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+                    n_frames += 1
+                    if rgb:
+                        image = reformatter.reformat(frame, format="rgb24", threads=1)
+                        yield "video", image.to_ndarray(), frame.time
+                    else:
+                        yield "video", None, frame.time
+                else:  # one item per decoded frame, even when the resampler holds it back
+                    yield "audio", _samples(resampler.resample(frame)), frame.time
         if astream is not None:
-            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+            yield "audio", _samples(resampler.resample(None)), float("nan")
     except av.FFmpegError as e:
         raise DataError(
             f"{path}: is damaged or truncated ({e.strerror}); re-download or re-encode it"
@@ -303,13 +473,48 @@ def _decode(
             f"{path}: is truncated ({n_packets} of {vstream.frames} video frames present); "
             "re-download or re-encode it"
         )
-    if vstream is not None and not frames:
+    if vstream is not None and not n_frames:
         raise DataError(f"{path}: has a video stream with no frames; skip this clip")
-    video = np.stack(frames) if vstream is not None else None  # [T, H, W, 3]
+
+
+def _samples(frames: list[av.AudioFrame]) -> np.ndarray:
+    """The samples of a resampler's output frames as one float32 `(S,)` array."""
+    return np.concatenate([f.to_ndarray()[0] for f in frames] or [np.zeros(0, np.float32)])
+
+
+def _decode(
+    path: Path,
+    container: av.container.InputContainer,
+    vstream: av.VideoStream | None,
+    astream: av.AudioStream | None,
+    sample_rate: int,
+    keep_frames: bool = True,
+) -> tuple[np.ndarray | None, int, float, np.ndarray | None, float]:
+    """Decode the given streams in one pass (`_demux`).
+
+    Returns:
+        frames `(T, H, W, 3)` uint8 (None without a video stream or without `keep_frames`),
+        the number of frames T, time of the first frame (s), audio `(S,)` float32 or None, time
+        of the first audio sample (s).
+    """
+    frames: list[np.ndarray] = []
+    chunks: list[np.ndarray] = []
+    v_start = a_start = None
+    n_frames = 0
+    for kind, data, time in _demux(path, container, vstream, astream, sample_rate, keep_frames):
+        if kind == "video":
+            v_start = time if v_start is None else v_start
+            n_frames += 1
+            if keep_frames:
+                frames.append(data)
+        else:
+            a_start = time if a_start is None else a_start
+            chunks.append(data)
+    video = np.stack(frames) if frames else None  # [T, H, W, 3]
     audio = None
     if astream is not None:
         audio = np.clip(np.concatenate(chunks or [np.zeros(0, np.float32)]), -1.0, 1.0)
-    return video, v_start or 0.0, audio, a_start or 0.0
+    return video, n_frames, v_start or 0.0, audio, a_start or 0.0
 
 
 def _align(
@@ -322,19 +527,11 @@ def _align(
     return np.pad(audio[:n], (0, max(0, n - len(audio))))
 
 
-def _check_writable(path: Path, frames: np.ndarray, audio: np.ndarray | None) -> None:
+def _check_target(path: Path, size: tuple[int, int], audio: np.ndarray | None) -> None:
     if not path.parent.is_dir():
         raise DataError(f"{path}: the directory {path.parent} does not exist; create it first")
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
-        raise DataError(
-            f"{path}: frames must be uint8 RGB of shape [T, H, W, 3], got {_desc(frames)}"
-        )
-    t, h, w, c = frames.shape
-    if c != 3 or t == 0:
-        raise DataError(
-            f"{path}: frames must be uint8 RGB of shape [T, H, W, 3], got {_desc(frames)}"
-        )
-    if h % 2 or w % 2:
+    h, w = size
+    if h % 2 or w % 2 or h < 2 or w < 2:
         raise DataError(
             f"{path}: H.264 in yuv420p needs an even height and width, got {h}x{w}; "
             "crop or pad the frames by one pixel"
@@ -347,41 +544,19 @@ def _check_writable(path: Path, frames: np.ndarray, audio: np.ndarray | None) ->
         )
 
 
+def _check_frames(path: Path, frames: np.ndarray, size: tuple[int, int] | None = None) -> None:
+    """uint8 RGB [T, H, W, 3] with T >= 1 (and (H, W) == size where given)."""
+    ok = isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+    if not ok or frames.shape[3] != 3 or frames.shape[0] == 0:
+        raise DataError(
+            f"{path}: frames must be uint8 RGB of shape [T, H, W, 3], got {_desc(frames)}"
+        )
+    if size is not None and frames.shape[1:3] != size:
+        raise DataError(
+            f"{path}: frames of {frames.shape[1]}x{frames.shape[2]} after frames of "
+            f"{size[0]}x{size[1]}; every frame of a video has the same size"
+        )
+
+
 def _desc(x) -> str:
     return f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-
-
-def _encode(
-    container: av.container.OutputContainer,
-    frames: np.ndarray,
-    audio: np.ndarray | None,
-    fps: float,
-    sample_rate: int,
-    x264: dict[str, str],
-) -> None:
-    """Add the streams to `container` and encode `frames` [T, H, W, 3] and `audio` [S] into it."""
-    rate = Fraction(fps).limit_denominator(1001)
-    vstream = container.add_stream(VIDEO_CODEC, rate=rate)
-    vstream.height, vstream.width = frames.shape[1:3]
-    vstream.pix_fmt = "yuv420p"
-    vstream.options = x264
-    astream = None
-    if audio is not None:
-        astream = container.add_stream(AUDIO_CODEC, rate=sample_rate)
-        astream.layout = "mono"
-        astream.bit_rate = AUDIO_BIT_RATE
-        astream.options = AUDIO_OPTIONS
-    reformatter = VideoReformatter()  # one libswscale context per clip, as in `_decode`
-    for k, rgb in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame = reformatter.reformat(frame, format="yuv420p", threads=1)
-        frame.pts = k  # in the stream's time base 1 / fps
-        container.mux(vstream.encode(frame))
-    container.mux(vstream.encode(None))
-    if astream is not None:
-        samples = np.clip(audio, -1.0, 1.0).astype(np.float32)[None]  # [1, S]
-        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = 0  # plays with video frame 0
-        container.mux(astream.encode(frame))
-        container.mux(astream.encode(None))
