@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    "pillow==13.0.0",  # image headers checked before decoding (face_input); matplotlib needs it
     "nvtx==0.2.17",
 ]
 

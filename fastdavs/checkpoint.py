@@ -427,7 +427,7 @@ def load_model(path: str | Path) -> DavsModel:
     in eval mode, on the CPU. Global RNG states are left alone."""
     ckpt, meta = _resolve(path)
     model = DavsModel(_config_of(ckpt, meta))
-    _load(ckpt, meta, model, None, None, None, None, restore_rng=False)
+    _load(ckpt, meta, model, None, None, None, None, restore_rng=False, built_from_checkpoint=True)
     return model.eval()
 
 
@@ -440,6 +440,7 @@ def _load(
     scaler: torch.amp.GradScaler | None,
     expect_config: DavsConfig | None,
     restore_rng: bool,
+    built_from_checkpoint: bool = False,
 ) -> tuple[DavsConfig, dict]:
     cfg = _config_of(ckpt, meta)
     if expect_config is not None and (diff := _config_diff(cfg, expect_config)):
@@ -451,7 +452,7 @@ def _load(
     steps: list[Callable[[], Any]] = []  # applied only once everything has been checked
     if model is not None:
         weights = load_file(ckpt / MODEL)
-        _check_model(model, weights, ckpt / MODEL, cfg)
+        _check_model(model, weights, ckpt / MODEL, cfg, built_from_checkpoint)
         steps.append(partial(model.load_state_dict, weights, strict=True))
     if optimizers or schedulers or scaler is not None:
         saved = _unflatten(json.loads((ckpt / OPTIM_JSON).read_bytes()), load_file(ckpt / OPTIM))
@@ -492,9 +493,14 @@ def _listing(items: list[str], limit: int = 5) -> str:
 
 
 def _check_model(
-    model: nn.Module, weights: dict[str, torch.Tensor], file: Path, cfg: DavsConfig
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    file: Path,
+    cfg: DavsConfig,
+    built_from_checkpoint: bool = False,
 ) -> None:
-    """One CheckpointError for every key or shape that `load_state_dict(strict=True)` refuses."""
+    """One CheckpointError for every key or shape that `load_state_dict(strict=True)` refuses.
+    `built_from_checkpoint`: the model was built from the checkpoint's own config."""
     expected = model.state_dict()
     shapes = [
         f"{k} has shape {list(weights[k].shape)} but the model expects {list(v.shape)}"
@@ -512,6 +518,11 @@ def _check_model(
         model_cfg = getattr(model, "cfg", None)
         diff = _config_diff(model_cfg, cfg) if isinstance(model_cfg, DavsConfig) else ""
         hint = f" (model config != checkpoint config: {diff})" if diff else ""
+        if built_from_checkpoint:  # the saved config and weights disagree with each other
+            hint = (
+                f" (the weights do not fit the {cfg.preset!r} config in {file.parent / CONFIG}: "
+                f"one of the two was edited or replaced; {DAMAGED})"
+            )
         raise CheckpointError(f"{file}: " + "; ".join(problems) + hint)
 
 

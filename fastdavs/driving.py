@@ -66,7 +66,6 @@ class AudioDriver:
 
     def __init__(self, audio: np.ndarray, path: str | Path = "audio"):
         self.path = Path(path)
-        self.audio = audio
         if len(audio) < WINDOW_SAMPLES:
             raise DataError(
                 f"{self.path}: the speech is {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; the "
@@ -85,6 +84,7 @@ class AudioDriver:
         # Window k reads padded samples [640 k, 640 k + 3440): pad so the last one fits.
         tail = SAMPLES_PER_FRAME * (self.n_frames - 1) + WINDOW_SAMPLES - LEAD_SAMPLES - len(audio)
         self._padded = np.pad(audio, (LEAD_SAMPLES, max(0, tail)))
+        self.audio = self._padded[LEAD_SAMPLES : LEAD_SAMPLES + len(audio)]  # a view: one copy
 
     @classmethod
     def from_file(cls, path: str | Path) -> AudioDriver:

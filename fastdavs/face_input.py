@@ -16,6 +16,7 @@ Dimension letters: S image_size, H/W the source image.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 MASK_CENTRE = (0.5, 0.6)  # x, y
 MASK_AXES = (0.33, 0.37)  # semi-axes x, y
 MASK_FEATHER = 0.05  # Gaussian sigma of the edge
+
+# Largest face image decoded: 50 Mpx (an 8K UHD frame is 33). OpenCV decodes to uint8 RGB, 3 bytes
+# a pixel, before anything can be said about the face: a 20000 x 20000 PNG of a few kB would take
+# 1.2 GB. The size is read from the file's header (Pillow, which matplotlib already requires).
+MAX_FACE_PIXELS = 50_000_000
 
 
 @dataclass
@@ -80,10 +86,50 @@ def centre_crop(aligned: np.ndarray, image_size: int) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray | None:
     """An image file as uint8 RGB `(H, W, 3)` (any bit depth, grey or with alpha), or None when
-    OpenCV cannot decode it as an image (it may be a video)."""
+    OpenCV cannot decode it as an image (it may be a video).
+
+    Raises:
+        DataError: the header declares more than `MAX_FACE_PIXELS` pixels, or the file is cut
+            off or corrupt."""
+    path = Path(path)
+    _check_image_header(path)
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _check_image_header(path: Path) -> None:
+    """Refuse an image whose header declares more than MAX_FACE_PIXELS, or that is cut off or
+    corrupt (PNG: each chunk's CRC; JPEG: a decode at 1/8 scale), before OpenCV decodes it:
+    that takes the memory, and prints the codec's complaint to stderr (JPEG: and decodes the
+    missing rows as grey)."""
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height <= MAX_FACE_PIXELS and image.format == "JPEG":
+                    # libjpeg reads every scan but decodes at 1/8 scale: a cut-off file raises.
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+                elif width * height <= MAX_FACE_PIXELS:
+                    image.verify()  # PNG: every chunk's CRC; other formats: what Pillow checks
+        except Image.DecompressionBombError:  # over twice Pillow's own limit: far over ours
+            width = height = 0
+        except UnidentifiedImageError:  # not an image Pillow knows: OpenCV decides
+            return
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(
+                f"{path}: the image is damaged or truncated ({e}); re-download or re-save it"
+            ) from e
+    if not width or width * height > MAX_FACE_PIXELS:
+        size = f"{width}x{height}" if width else f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx"
+        raise DataError(
+            f"{path}: the image is too large ({size}; the limit is {MAX_FACE_PIXELS / 1e6:.0f} "
+            "Mpx); downscale it first, e.g. ffmpeg -i IN -vf scale=2000:-2 OUT.png"
+        )
 
 
 def _check_box(box, image: np.ndarray, where: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +110,8 @@ def check_options(o: GenerateOptions) -> None:
         raise OptionError(f"-o {out}: is a directory; name the mp4 file to write")
     if not out.parent.is_dir():
         raise OptionError(f"-o {out}: the directory {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise OptionError(f"-o {out}: the directory {out.parent} is not writable; choose another")
 
 
 def generate(o: GenerateOptions) -> GenerateResult:

@@ -7,7 +7,9 @@
 Clips are cut into chunks of `CLIP_CAPACITY`; chunk k of a split always becomes shard k, so the
 work spreads over processes and a rerun skips every shard that is already complete. A clip that
 cannot be used (unreadable, no audio, too short, no face) is recorded with the reason and
-skipped; the run reports them at the end and keeps them in `OUT/index.json`.
+skipped; the run reports them at the end and keeps them in `OUT/index.json`. A tree where no
+clip can be used, and an OUT that cannot be written, are errors (one line, exit status 2) that
+leave no index and no shard holding only skips.
 
 SynthLRW clips carry a `.json` sidecar with landmarks and the identity; other trees (real LRW)
 are aligned with OpenCV's Haar cascades and have no identity labels (-1).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,6 +156,7 @@ def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | No
     src, out = Path(src), Path(out)
     words, splits = discover(src)
     identities = identities_of(src)
+    created = not out.exists()
     chunks = []
     for split, sources in splits.items():
         remove_stale_tmp(out / split)
@@ -164,15 +168,23 @@ def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | No
     total = sum(len(c.sources) for c in chunks)
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
     items = [(c, out, image_size) for c in chunks]
-    with tqdm(total=total, desc="prepare", unit="clip", dynamic_ncols=True) as bar:
-        if workers == 1:
-            _init_worker()
-            for item in items:
-                bar.update(sum(_prepare_chunk(item)))
-        else:
-            with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-                for n in pool.imap_unordered(_prepare_chunk, items):
-                    bar.update(sum(n))
+    try:
+        with tqdm(total=total, desc="prepare", unit="clip", dynamic_ncols=True) as bar:
+            if workers == 1:
+                _init_worker()
+                for item in items:
+                    bar.update(sum(_prepare_chunk(item)))
+            else:
+                with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+                    for n in pool.imap_unordered(_prepare_chunk, items):
+                        bar.update(sum(n))
+    except OSError as e:  # unwritable or full: the complete shards stay for a rerun
+        _remove_empty_dirs(out, created)
+        raise DataError(
+            f"{e.filename or out}: cannot write the shards ({e.strerror or e}); choose a "
+            "writable --out with free space, then rerun (complete shards are kept)"
+        ) from None
+    _refuse_empty(src, out, created)
     return write_index(
         out,
         image_size=image_size,
@@ -181,6 +193,31 @@ def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | No
         identities=identities,
         source=src.resolve(),
     )
+
+
+def _refuse_empty(src: Path, out: Path, created: bool) -> None:
+    """Raise DataError if no clip at all could be prepared, after removing the shards that
+    only record skips (a rerun would otherwise keep them and never retry the clips)."""
+    from fastdavs.data.shards import complete_shards, read_meta
+
+    shards = [d for split in SPLITS for d in complete_shards(out / split)]
+    metas = [read_meta(d) for d in shards]
+    if any(m["count"] for m in metas):
+        return
+    skipped = [s for m in metas for s in m["skipped"]]
+    for d in shards:
+        shutil.rmtree(d)
+    _remove_empty_dirs(out, created)
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    first = f"; first: {skipped[0]['reason']}{more}" if skipped else ""
+    raise DataError(f"{src}: none of its {len(skipped)} clips could be prepared{first}")
+
+
+def _remove_empty_dirs(out: Path, created: bool) -> None:
+    """Remove the split folders left empty by a failed run, and OUT too if this run made it."""
+    for d in [out / split for split in SPLITS] + ([out] if created else []):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def build_parser() -> argparse.ArgumentParser:

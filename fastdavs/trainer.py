@@ -222,35 +222,34 @@ class Trainer:
             dynamic_ncols=True,
             disable=self.rank != 0,
         )
-        batches = self._batches()
-        in_a_row, t0, seen = 0, time.perf_counter(), 0
-        while self.pos.step < total:
-            with nvtx.annotate("data", color="blue"):
-                batch = next(batches)
-            parts = self.step(stage, batch)
-            self.pos.consumed += self.cfg.optim.batch_size
-            self.pos.step += 1
-            seen += self.cfg.optim.batch_size * self.world
-            if parts is None:
-                in_a_row += 1
-                self.pos.bad_steps += 1
-                if in_a_row >= sched.max_bad_steps:
-                    bar.close()
-                    raise TrainingError(self._bad_message(stage, in_a_row))
-            else:
-                in_a_row = 0
-                self._last_parts = parts
-            if self.pos.step % sched.log_every == 0 or self.pos.step == total:
-                rate = seen / (time.perf_counter() - t0)
-                self._log(stage, rate, bar)
-            bar.update()
-            sample_now = self.pos.step % sched.sample_every == 0 or self.pos.step == total
-            if stage == "gen" and sample_now and self.rank == 0:
-                self._write_samples()
-            periodic = self.pos.step % sched.checkpoint_every == 0 and self.pos.step < total
-            if periodic and in_a_row == 0:  # never replace a good checkpoint mid-streak
-                self._save()
-        bar.close()
+        with bar:  # closed on any error too, so a message starts on a line of its own
+            batches = self._batches()
+            in_a_row, t0, seen = 0, time.perf_counter(), 0
+            while self.pos.step < total:
+                with nvtx.annotate("data", color="blue"):
+                    batch = next(batches)
+                parts = self.step(stage, batch)
+                self.pos.consumed += self.cfg.optim.batch_size
+                self.pos.step += 1
+                seen += self.cfg.optim.batch_size * self.world
+                if parts is None:
+                    in_a_row += 1
+                    self.pos.bad_steps += 1
+                    if in_a_row >= sched.max_bad_steps:
+                        raise TrainingError(self._bad_message(stage, in_a_row))
+                else:
+                    in_a_row = 0
+                    self._last_parts = parts
+                if self.pos.step % sched.log_every == 0 or self.pos.step == total:
+                    rate = seen / (time.perf_counter() - t0)
+                    self._log(stage, rate, bar)
+                bar.update()
+                sample_now = self.pos.step % sched.sample_every == 0 or self.pos.step == total
+                if stage == "gen" and sample_now and self.rank == 0:
+                    self._write_samples()
+                periodic = self.pos.step % sched.checkpoint_every == 0 and self.pos.step < total
+                if periodic and in_a_row == 0:  # never replace a good checkpoint mid-streak
+                    self._save()
 
     def _write_samples(self) -> None:
         """RUN/samples/gen_STEP.{png,mp4}: a grid of 4 held-out clips (val split when prepared,

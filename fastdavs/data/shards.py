@@ -265,28 +265,32 @@ class ShardWriter:
 
     def _commit(self) -> None:
         s, self._open = self._open, None
-        s.frames.close()
-        s.mfcc.close()
-        np.save(s.tmp / "word.npy", np.asarray(s.words, dtype=np.int64))
-        np.save(s.tmp / "identity.npy", np.asarray(s.identities, dtype=np.int64))
-        n = len(s.clip_ids)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "count": n,
-            "aligned_size": self.aligned_size,
-            "frames_per_clip": FRAMES_PER_CLIP,
-            "arrays": {
-                "frames": {"shape": [n, *s.frames.row_shape], "dtype": "uint8"},
-                "mfcc": {"shape": [n, *s.mfcc.row_shape], "dtype": "float16"},
-                "word": {"shape": [n], "dtype": "int64"},
-                "identity": {"shape": [n], "dtype": "int64"},
-            },
-            "clip_ids": s.clip_ids,
-            "skipped": s.skipped,
-            "complete": True,  # last: a meta.json without it is from an interrupted writer
-        }
-        write_json(s.tmp / META_FILE, meta, indent=1, fsync=True)
-        os.rename(s.tmp, s.final)
+        try:
+            s.frames.close()
+            s.mfcc.close()
+            np.save(s.tmp / "word.npy", np.asarray(s.words, dtype=np.int64))
+            np.save(s.tmp / "identity.npy", np.asarray(s.identities, dtype=np.int64))
+            n = len(s.clip_ids)
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "count": n,
+                "aligned_size": self.aligned_size,
+                "frames_per_clip": FRAMES_PER_CLIP,
+                "arrays": {
+                    "frames": {"shape": [n, *s.frames.row_shape], "dtype": "uint8"},
+                    "mfcc": {"shape": [n, *s.mfcc.row_shape], "dtype": "float16"},
+                    "word": {"shape": [n], "dtype": "int64"},
+                    "identity": {"shape": [n], "dtype": "int64"},
+                },
+                "clip_ids": s.clip_ids,
+                "skipped": s.skipped,
+                "complete": True,  # last: a meta.json without it is from an interrupted writer
+            }
+            write_json(s.tmp / META_FILE, meta, indent=1, fsync=True)
+            os.rename(s.tmp, s.final)
+        except BaseException:  # a full disk, say: leave no half-written shard behind
+            shutil.rmtree(s.tmp, ignore_errors=True)
+            raise
         fd = os.open(self.split_dir, os.O_RDONLY)
         try:
             os.fsync(fd)  # make the rename itself durable

@@ -176,12 +176,20 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         ndarray: float32, shape `(S,)`.
 
     Raises:
-        DataError: the file is missing, empty, not a media file, damaged, or has no audio track.
+        DataError: the file is missing, empty, not a media file, damaged, has no audio track, is
+            a wav shorter than its header says, or has samples that are NaN or infinite (a
+            float wav can hold them).
     """
     path = Path(path)
     with _open(path) as container:
         if not container.streams.audio:
             raise DataError(f"{path}: has no audio track; pass an audio file (wav, mp3, m4a...)")
+        cut = _wav_shortfall(path)
+        if cut is not None:
+            raise DataError(
+                f"{path}: is truncated ({cut[1]} of the {cut[0]} bytes of audio its header "
+                "declares are present); re-download or re-export it"
+            )
         astream = container.streams.audio[0]
         audio = _decode(path, container, None, astream, sample_rate, keep_frames=False)[3]
     return audio
@@ -310,8 +318,9 @@ class Mp4Writer:
     Arguments are `write_mp4`'s, with the frame size `(H, W)` (both even) instead of frames.
 
     Raises:
-        DataError: no such directory, odd H or W, audio of the wrong shape or dtype, or a chunk
-            that is not uint8 RGB of the declared size.
+        DataError: no such directory, odd H or W, audio of the wrong shape or dtype, a chunk
+            that is not uint8 RGB of the declared size, or the file cannot be written (no
+            permission, disk full).
     """
 
     def __init__(
@@ -332,9 +341,13 @@ class Mp4Writer:
         self.audio, self.sample_rate = audio, sample_rate
         self.frames_written = 0
         self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-        self._container = av.open(
-            str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"}
-        )
+        try:
+            self._container = av.open(
+                str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"}
+            )
+        except (OSError, av.FFmpegError) as e:  # av's PermissionError etc. are OSErrors too
+            self._container = None
+            raise _write_error(self.path, e) from e
         try:
             rate = Fraction(fps).limit_denominator(1001)
             self._vstream = self._container.add_stream(VIDEO_CODEC, rate=rate)
@@ -359,7 +372,10 @@ class Mp4Writer:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame = self._reformatter.reformat(frame, format="yuv420p", threads=1)
             frame.pts = self.frames_written  # in the stream's time base 1 / fps
-            self._container.mux(self._vstream.encode(frame))
+            try:
+                self._container.mux(self._vstream.encode(frame))
+            except OSError as e:  # a full disk; the caller's `with` block removes the file
+                raise _write_error(self.path, e) from e
             self.frames_written += 1
 
     def close(self) -> Path:
@@ -371,15 +387,22 @@ class Mp4Writer:
                 raise DataError(f"{self.path}: no frames were written; nothing to save")
             self._container.mux(self._vstream.encode(None))
             if self._astream is not None:
-                samples = np.clip(self.audio, -1.0, 1.0).astype(np.float32)[None]  # [1, S]
-                frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-                frame.sample_rate = self.sample_rate
-                frame.pts = 0  # plays with video frame 0
-                self._container.mux(self._astream.encode(frame))
+                # A second at a time: one frame of minutes of speech would be copied whole
+                # several times over (clip, frame, the encoder's FIFO).
+                for start in range(0, len(self.audio), self.sample_rate):
+                    chunk = self.audio[start : start + self.sample_rate]
+                    samples = np.clip(chunk, -1.0, 1.0).astype(np.float32)[None]  # [1, S']
+                    frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+                    frame.sample_rate = self.sample_rate
+                    frame.pts = start  # sample 0 plays with video frame 0
+                    self._container.mux(self._astream.encode(frame))
                 self._container.mux(self._astream.encode(None))
             self._container.close()
             self._container = None
             os.replace(self._tmp, self.path)
+        except OSError as e:  # a full disk, or OUT became unwritable
+            self.abort()
+            raise _write_error(self.path, e) from e
         except BaseException:
             self.abort()
             raise
@@ -402,6 +425,37 @@ class Mp4Writer:
             self.close()
         else:
             self.abort()
+
+
+def _wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a RIFF WAVE file's data chunk when fewer are present than
+    its header declares, else None: not a wav, complete, or streamed (the size left open as 0
+    or 0xFFFFFFFF). FFmpeg decodes a cut-off wav without a word, as a shorter one."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while True:  # chunks: 4-byte id, 4-byte little-endian length, body padded to even
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            length = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                present = size - pos - 8
+                return None if length in (0, 0xFFFFFFFF) or present >= length else (length, present)
+            pos += 8 + length + (length & 1)
+
+
+def _write_error(path: Path, e: OSError | av.FFmpegError) -> DataError:
+    """The DataError for an mp4 that cannot be written (no permission, disk full...)."""
+    reason = getattr(e, "strerror", None) or str(e)
+    return DataError(
+        f"{path}: cannot be written ({reason}); check that {path.parent} is writable and has "
+        "free space"
+    )
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -513,7 +567,15 @@ def _decode(
     video = np.stack(frames) if frames else None  # [T, H, W, 3]
     audio = None
     if astream is not None:
-        audio = np.clip(np.concatenate(chunks or [np.zeros(0, np.float32)]), -1.0, 1.0)
+        audio = np.concatenate(chunks or [np.zeros(0, np.float32)])
+        bad = np.flatnonzero(~np.isfinite(audio))
+        if bad.size:  # NaN would reach the MFCC and the AAC encoder; inf is no level either
+            raise DataError(
+                f"{path}: the sound has {bad.size} samples that are not a number (NaN or "
+                f"infinite), the first at {bad[0] / sample_rate:.3f} s; the file is damaged: "
+                "re-export it"
+            )
+        np.clip(audio, -1.0, 1.0, out=audio)
     return video, n_frames, v_start or 0.0, audio, a_start or 0.0
 
 
