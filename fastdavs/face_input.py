@@ -183,7 +183,15 @@ def load_face(
                 "face box with --box X,Y,W,H"
             )
     else:
-        source, index, points = _from_video(path, frame_index, box)
+        try:
+            source, index, points = _from_video(path, frame_index, box)
+        except DataError as e:
+            if "has no video stream" not in str(e):
+                raise
+            raise DataError(
+                f"{path}: has no picture (no video stream, and not an image OpenCV reads); "
+                "--face takes an image (jpg, png...) or a video"
+            ) from None
     source = _even(source)
     aligned = align_frames(source[None], points[None], image_size)[0]  # [A, A, 3]
     crop = np.ascontiguousarray(centre_crop(aligned, image_size))

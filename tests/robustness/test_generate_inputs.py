@@ -201,7 +201,7 @@ REFUSED = [
         lambda d, f: ("--audio", f["silent"]),
         ["silent.mp4", "has no audio track"],
     ),
-    ("wav-as-face", lambda d, f: ("--face", f["wav"]), ["speech.wav", "has no video stream"]),
+    ("wav-as-face", lambda d, f: ("--face", f["wav"]), ["speech.wav", "has no picture"]),
     (
         "wav-as-driving",
         lambda d, f: ("--driving-video", f["wav"]),
