@@ -18,7 +18,7 @@ import torch
 from fastdavs.checkpoint import CHECKPOINTS, TRAINER, latest_checkpoint, load_model
 from fastdavs.cli import run
 from fastdavs.errors import DataError, FastdavsError
-from fastdavs.evaluate import evaluate, format_table, write_results
+from fastdavs.evaluate import check_writable, evaluate, format_table, write_results
 from fastdavs.trainer import RUN_FILE
 
 PROG = "fastdavs-eval"
@@ -99,10 +99,12 @@ def _evaluate(argv: Sequence[str] | None) -> None:
     model = load_model(ckpt)
     run_dir = _run_dir(ckpt)
     data = Path(args.data) if args.data else _run_data(run_dir, ckpt)
+    out = Path(args.out) if args.out else (run_dir or ckpt) / RESULTS_FILE
+    check_writable(out)  # before the evaluation, not after it
     results = evaluate(model, data, split=args.split, batch_size=args.batch_size, device=device)
     results["checkpoint"] = str(ckpt)
     results["trained_to"] = _trained_to(ckpt)
-    out = write_results(results, Path(args.out) if args.out else (run_dir or ckpt) / RESULTS_FILE)
+    out = write_results(results, out)
     print(format_table(results))
     print(f"written: {out}")
 

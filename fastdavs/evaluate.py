@@ -36,6 +36,7 @@ per clip is its wid sequences, pid vector, logits and scalar scores.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def evaluate(
             "data has, or prepare held-out clips with fastdavs-prepare"
         )
     cfg = model.cfg
-    shards = ShardSet(data, split, index)
+    shards = ShardSet(data, split, index).check()  # a damaged shard fails before the work
     if len(shards) == 0:
         raise DataError(f"{data / INDEX_FILE}: split {split!r} holds no clip")
     if shards.words.max() >= cfg.num_words:
@@ -332,6 +333,29 @@ def format_table(results: dict) -> str:
     )
     lines += [f"note: {note}" for note in r["notes"]]
     return "\n".join(lines)
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, a results path that `write_results` could not write: a
+    directory, or one below a regular file or in a directory this user cannot write.
+
+    Raises:
+        DataError: naming `path` and the reason.
+    """
+    path = Path(path)
+    reason = None
+    if path.is_dir():
+        reason = "it is a directory"
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            reason = f"{parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            reason = f"{parent} is not writable"
+    if reason:
+        raise DataError(f"{path}: cannot write the results ({reason}); choose another --out")
 
 
 def write_results(results: dict, path: str | Path) -> Path:

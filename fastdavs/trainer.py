@@ -97,7 +97,7 @@ class Trainer:
         if self.world > 1:
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, 0)
-        shards = ShardSet(opts.data, "train")
+        shards = ShardSet(opts.data, "train").check()
         if len(shards) < cfg.optim.batch_size * self.world:
             raise TrainingError(
                 f"{opts.data}: {len(shards)} training clips, fewer than one batch of "
@@ -147,7 +147,15 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> None:
-        self.opts.out.mkdir(parents=True, exist_ok=True)
+        if self.opts.resume and latest_checkpoint(self.opts.out) is None:  # before writing there
+            raise TrainingError(f"{self.opts.out}: no checkpoint to resume from; drop --resume")
+        try:
+            self.opts.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(
+                f"{self.opts.out}: cannot create the run directory ({e.strerror}); choose a "
+                "writable --out"
+            ) from None
         if self.rank == 0:
             write_text(self.opts.out / "config.json", self.cfg.to_json() + "\n")
             write_json(self.opts.out / RUN_FILE, self._run_info())

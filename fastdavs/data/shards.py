@@ -537,6 +537,12 @@ class ShardSet:
         s, r = self.locate(i)
         return self._arrays()[s][1][r]
 
+    def check(self) -> ShardSet:
+        """Map every shard's arrays now, so that a truncated or mismatched file is a DataError
+        before any work starts rather than in the first batch."""
+        self._arrays()
+        return self
+
     def _arrays(self) -> list[tuple[np.memmap, np.memmap]]:
         if self._maps is None:
             a = self.aligned_size
