@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -139,7 +140,7 @@ def save_checkpoint(
                 if isinstance(content, bytes):
                     (tmp / name).write_bytes(content)
                 else:
-                    save_file(content, tmp / name, metadata={"format": "pt"})
+                    _save_tensors(content, tmp / name)
                 manifest[name] = file_entry(tmp / name, fsync=True)
             meta = {
                 "format": FORMAT,
@@ -242,6 +243,19 @@ def _json_bytes(obj: Any, what: str, indent: int | None = 2) -> bytes:
         return (json.dumps(obj, indent=indent) + "\n").encode()
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} is not JSON-serialisable: {e}") from None
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' `save_file`, with its I/O failures raised as OSError: it reports them as its
+    own SafetensorError ("... I/O error: File too large (os error 27)"), which would otherwise
+    escape the failed-save handling as a traceback."""
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise OSError(str(e)) from e
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from e
 
 
 def _fsync_dir(path: Path) -> None:

@@ -136,3 +136,47 @@ def test_full_disk_during_a_checkpoint_save(shards, tmp_path, monkeypatch, capsy
         COMMAND + "; ENOSPC in save 2; then --resume",
         "exit 2, one line naming the save and the kept pid_000001; resume exit 0",
     )
+
+
+# `--resume` under a real per-file size limit (RLIMIT_FSIZE, enforced by the kernel; SIGXFSZ
+# ignored so that the write fails with EFBIG instead of killing the process): every file of a
+# tiny checkpoint's weights is larger than the limit, the metrics and the loss plot are not.
+_SIZE_LIMITED_TRAINER = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from fastdavs.train import main
+
+    limit = int(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def test_file_size_limit_during_a_checkpoint_save(shards, tmp_path, robustness):
+    run = tmp_path / "run"
+    assert train_main([*_args(shards, run), "--steps", "1"]) == 0  # pid_000001, 2 steps to go
+    model_bytes = (latest_checkpoint(run) / ckpt.MODEL).stat().st_size
+    limit = 1 << 20
+    assert model_bytes > limit  # the next save's weights cannot be written
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", _SIZE_LIMITED_TRAINER, str(limit), *_args(shards, run)]
+    done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
+    ckpt_dir = run / ckpt.CHECKPOINTS
+    lines = [line for line in done.stderr.splitlines() if line.startswith("fastdavs-train")]
+    assert done.returncode == 2, done.stderr
+    assert lines == [
+        f"fastdavs-train: error: {ckpt_dir / 'pid_000002'}: cannot save the checkpoint (File too "
+        f"large); {ckpt_dir / 'pid_000001'} is still the latest one"
+    ]
+    assert "Traceback" not in done.stderr
+    assert _entries(run) == ["latest", "pid_000001"]  # nothing partial
+    assert load_checkpoint(run, restore_rng=False)[1]["step"] == 1
+
+    assert train_main([*_args(shards, run), "--resume"]) == 0  # no limit: the run finishes
+    assert load_checkpoint(run, restore_rng=False)[1]["done"] == ["pid"]
+    robustness.record(
+        COMMAND + "; --resume under RLIMIT_FSIZE 1 MiB; then --resume",
+        "exit 2, one line (File too large) naming the save and the kept pid_000001; resume exit 0",
+    )
