@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fastdavs.cli import run
+from fastdavs.cli import Parser, run
 from fastdavs.engines.builder import BACKENDS, PRECISIONS, BuildConfig, build_engine
 
 PROG = "fastdavs-build-engine"
@@ -34,7 +34,7 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Export the per-frame generator to ONNX and build an engine directory.",
     )

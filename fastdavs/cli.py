@@ -16,6 +16,14 @@ from fastdavs.errors import FastdavsError
 EXIT_USER_ERROR = 2
 
 
+class Parser(argparse.ArgumentParser):
+    """The commands' argument parser: a bad option is one line on stderr and exit status 2, like
+    every other user error (argparse's default prints the usage block first)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = "paper") -> None:
     """`--preset` plus one `--field` flag per DavsConfig field (`--loss-pid-uniform` for nested
     ones). Flags default to None so the preset's value stands unless the user overrides it."""

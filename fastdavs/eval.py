@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastdavs.checkpoint import CHECKPOINTS, TRAINER, latest_checkpoint, load_model
-from fastdavs.cli import run
+from fastdavs.cli import Parser, run
 from fastdavs.errors import DataError, FastdavsError
 from fastdavs.evaluate import check_writable, evaluate, format_table, write_results
 from fastdavs.trainer import RUN_FILE
@@ -26,7 +26,7 @@ RESULTS_FILE = "eval.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a trained DAVS model.")
+    parser = Parser(prog=PROG, description="Evaluate a trained DAVS model.")
     parser.add_argument(
         "run_dir",
         metavar="RUN_OR_CHECKPOINT",

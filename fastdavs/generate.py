@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fastdavs.audio import FPS
-from fastdavs.cli import run
+from fastdavs.cli import Parser, run
 from fastdavs.data.video_io import Mp4Writer
 from fastdavs.driving import AudioDriver, VideoDriver, output_frames
 from fastdavs.errors import OptionError
@@ -206,7 +206,7 @@ HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Synthesize a talking face saying the given speech.",
         epilog="example: fastdavs-generate --checkpoint runs/final --face me.jpg "

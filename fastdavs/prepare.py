@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastdavs.cli import add_config_args, config_from_args, run
+from fastdavs.cli import Parser, add_config_args, config_from_args, run
 from fastdavs.errors import DataError
 
 PROG = "fastdavs-prepare"
@@ -221,7 +221,7 @@ def _remove_empty_dirs(out: Path, created: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Decode, align and pack an LRW-layout tree (ROOT/WORD/{train,val,test}/"
         "WORD_00001.mp4) into memory-mappable shards at the preset's resolution. A rerun "

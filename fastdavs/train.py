@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fastdavs.cli import add_config_args, config_from_args, run
+from fastdavs.cli import Parser, add_config_args, config_from_args, run
 from fastdavs.config import DavsConfig
 from fastdavs.steps import STAGES
 
@@ -29,7 +29,7 @@ SYNTH_VERSION = 1  # bump when SynthLRW's content changes, so caches are rebuilt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Train DAVS end to end: identity pretraining (pid), the shared word space "
         "(wid), then joint generation with adversarial disentangling (gen). With no --data, the "
