@@ -30,7 +30,7 @@ from fastdavs.data.align import (
     detect_points_haar,
     points_in_box,
 )
-from fastdavs.data.video_io import iter_video_frames
+from fastdavs.data.video_io import NoVideoStream, iter_video_frames
 from fastdavs.errors import DataError, OptionError
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,7 @@ def load_face(
     else:
         try:
             source, index, points = _from_video(path, frame_index, box)
-        except DataError as e:
-            if "has no video stream" not in str(e):
-                raise
+        except NoVideoStream:
             raise DataError(
                 f"{path}: has no picture (no video stream, and not an image OpenCV reads); "
                 "--face takes an image (jpg, png...) or a video"

@@ -121,10 +121,7 @@ class Trainer:
         self._samples: tuple[ShardSet, dict] | None = None
 
     # ---- setup -----------------------------------------------------------------------------
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.opts.out)
-        if ckpt is None:
-            raise TrainingError(f"{self.opts.out}: no checkpoint to resume from; drop --resume")
+    def _resume(self, ckpt: Path) -> None:
         _, state = load_checkpoint(ckpt, expect_config=self.cfg, restore_rng=False)
         self.pos = _Position(**state)
         self._truncate_metrics()
@@ -147,7 +144,8 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> None:
-        if self.opts.resume and latest_checkpoint(self.opts.out) is None:  # before writing there
+        resume_from = latest_checkpoint(self.opts.out) if self.opts.resume else None
+        if self.opts.resume and resume_from is None:  # refused before anything is written there
             raise TrainingError(f"{self.opts.out}: no checkpoint to resume from; drop --resume")
         try:
             self.opts.out.mkdir(parents=True, exist_ok=True)
@@ -159,8 +157,8 @@ class Trainer:
         if self.rank == 0:
             write_text(self.opts.out / "config.json", self.cfg.to_json() + "\n")
             write_json(self.opts.out / RUN_FILE, self._run_info())
-        if self.opts.resume:
-            self._resume()
+        if resume_from is not None:
+            self._resume(resume_from)
         for stage in self.opts.stages:
             if stage in self.pos.done:
                 continue

@@ -133,9 +133,7 @@ def _read(
     without `keep_frames` the frames are decoded and counted but not kept (`frames` is None)."""
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
-        vstream = container.streams.video[0]
+        vstream = _video_stream(path, container)
         astream = container.streams.audio[0] if container.streams.audio else None
         if astream is None and require_audio:
             raise DataError(
@@ -227,9 +225,7 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
-        vstream = container.streams.video[0]
+        vstream = _video_stream(path, container)
         for kind, frame, _ in _demux(path, container, vstream, None, SAMPLE_RATE, True):
             if kind == "video":
                 yield frame
@@ -243,9 +239,7 @@ def video_frame_rate(path: str | os.PathLike) -> float:
     """
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise DataError(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
-        return _frame_rate(path, container.streams.video[0])
+        return _frame_rate(path, _video_stream(path, container))
 
 
 def write_mp4(
@@ -456,6 +450,17 @@ def _write_error(path: Path, e: OSError | av.FFmpegError) -> DataError:
         f"{path}: cannot be written ({reason}); check that {path.parent} is writable and has "
         "free space"
     )
+
+
+class NoVideoStream(DataError):
+    """The file opens but holds no picture (e.g. a sound file where a video was expected)."""
+
+
+def _video_stream(path: Path, container: av.container.InputContainer) -> av.VideoStream:
+    """The container's first video stream; NoVideoStream if it has none."""
+    if not container.streams.video:
+        raise NoVideoStream(f"{path}: has no video stream; pass a video file (mp4 with H.264)")
+    return container.streams.video[0]
 
 
 def _open(path: Path) -> av.container.InputContainer:
