@@ -1,48 +1,74 @@
-"""Training with the Triton kernels converges like training with the references (issue 5).
+"""Training with the Triton kernels follows training with the references, on any CPU.
 
-The tiny preset is trained 2 wid + 2 gen steps twice from the same seed, once with
-`kernel_backend="triton"` (under the Triton interpreter on CPU, see conftest.py) and once with
-`"ref"`, for both word heads: `concat` exercises the audio encoder's branch B convolutions and the
-contrastive loss, `tcn` adds the word head's temporal convolutions. The Triton host launchers are
-spied on, so the test cannot pass by both runs silently taking the reference path.
+The kernels (temporal convolutions of the audio encoder's branch B and the `tcn` word head, the
+contrastive loss) reorder fp32 sums: implicit-GEMM tiles, split dw reductions, the Gram form of
+the contrastive distance. How much that changes a result depends on the machine as much as on
+the kernels: oneDNN and the matmul kernels of another CPU sum in another order too, and some
+parts of the model amplify any rounding (a BatchNorm over a near-constant channel, a gradient
+that is a small difference of large terms). A tolerance measured on one CPU does not hold on
+another.
 
-What is compared, and why the tolerances are what they are: the kernels reorder fp32 sums
-(implicit-GEMM tiles, split dw reductions, the Gram form of the contrastive distance), and Adam
-turns those rounding differences into parameter differences. Its first steps move each weight by
-about lr * sign(gradient) whatever the gradient's size, so a gradient element near zero that
-changes sign moves by up to 2 lr = 4e-4 per step; the gen stage's GAN losses then spread that
-through the whole generator. Hence:
-- every logged loss of both stages, to LOSS_RTOL / LOSS_ATOL (measured on CPU: at most 4.6e-5
-  relative, the gen step-2 `gan` loss of the concat head; the log rounds to 6 decimals);
-- every parameter and buffer at the end of wid (its checkpoint), element-wise to WID_ATOL
-  (measured: at most 6.8e-6, a BatchNorm weight of the video encoder); this is the tight check of
-  the kernels' gradients, before GAN training spreads the rounding;
-- the final (gen) parameters as a whole: |theta_triton - theta_ref| / |theta_ref - theta_init|
-  (L2 over all parameters) below GEN_RATIO (measured: 0.046 concat, 0.0044 tcn; 1 would mean
-  unrelated updates). Element-wise, single weights differ by up to 6.6e-4 (about 3 lr) there.
-Tolerances are set about 10x (GEN_RATIO 5x) above what was measured. CPU runs are deterministic,
-so the measured values are reproducible.
+So each fused path is judged by its error against the truth, computed in float64 with the
+reference backend, next to the fp32 reference's own error against the same truth:
+
+    |fused - truth| <= SLACK * |ref32 - truth| + FLOOR * |truth|      (L2 norms per tensor)
+
+- `|ref32 - truth|` is this machine's fp32 rounding, amplified by the model exactly as the fused
+  path's is: the two paths run the same ops but for the kernels, in the same precision.
+- SLACK = 4: the fused path adds one more reordering of the sums it replaces, of the same order
+  as those of the reference (both are fp32 sums of the same terms); independent rounding errors
+  add in quadrature, so its error is about sqrt(2) x the reference's, and 4 leaves room for the
+  spread of a few random roundings.
+- FLOOR = 2**-14 (about 6e-5, 1024 units of fp32 rounding): where the reference happens to be
+  almost exact, a fused sum of K terms may still be off by its own rounding, sqrt(K) u for K up
+  to a few thousand (the dw reductions over B*T), about 2**-18; the floor is 16x that.
+A wrong kernel (a missed tile, a wrong index, a gradient off by a few percent) breaks this by
+orders of magnitude, whatever the CPU. Measured on an AMD Zen 4 (AVX-512) with oneDNN's default
+kernels and with ONEDNN_MAX_CPU_ISA=AVX2, AVX and SSE41: the fused error is at most 1.8x the
+reference's wherever that is not tiny, and the tightest check uses 0.43 of its bound.
+
+What is compared is stable by construction: every comparison starts from identical weights, so
+the differences are one step's rounding. Training itself is not compared step after step:
+Adam's sign-like first updates, the GAN losses and the kinks of ReLU-family activations turn
+any rounding difference into trajectories that part by far more than rounding, on any CPU (and
+the fp32 reference parts from float64 just as fast). For both word heads (`concat` exercises
+branch B and the contrastive loss, `tcn` adds the head's temporal convolutions):
+- one step from the initial weights: the generator-side losses of the `wid` and `gen` stages
+  and every gradient;
+- along a training trajectory: the float64 reference trains `STEPS` Adam steps of each stage,
+  and at every step the fused and fp32 reference models start from its weights; losses and
+  gradients are checked there, so the kernels are right on trained weights, not only at init.
+A third test runs the real `Trainer` with `kernel_backend="triton"` and checks that the kernels
+are what it runs. The Triton host launchers are spied on in all three, so a fused run cannot
+pass by silently taking the reference path.
+
+Randomness is made identical across the three models: dropout masks are drawn in float32 for
+every dtype (the float64 model would otherwise draw other masks) and `nn.Dropout` is off.
 """
 
+import dataclasses
 import importlib
 import json
 
 import pytest
 import torch
+from torch import nn
 
-from fastdavs.checkpoint import load_model
+from fastdavs import steps
 from fastdavs.config import DavsConfig
+from fastdavs.model import DavsModel
 from fastdavs.trainer import RunOptions, Trainer
 
 # The modules, not the same-named functions that fastdavs.kernels re-exports.
 conv_kernels = importlib.import_module("fastdavs.kernels.temporal_conv")
 contrastive_kernels = importlib.import_module("fastdavs.kernels.contrastive")
+video_encoder = importlib.import_module("fastdavs.model.video_encoder")
 
-STEPS = 2  # per stage
+SLACK = 4.0
+FLOOR = 2.0**-14
 STAGES = ("wid", "gen")
-LOSS_RTOL, LOSS_ATOL = 5e-4, 1e-5
-WID_ATOL = 1e-4
-GEN_RATIO = 0.25
+STEPS = 3  # Adam steps per stage along the trajectory
+BATCH = 4
 
 # Host launchers of the Triton kernels: every Triton-path call goes through one of them.
 LAUNCHERS = (
@@ -67,62 +93,127 @@ def _spy(monkeypatch) -> dict[str, int]:
     return calls
 
 
-def _train(shards, out, word_head: str, backend: str) -> dict:
-    cfg = DavsConfig.from_preset(
-        "tiny", num_words=3, num_identities=4, word_head=word_head, kernel_backend=backend
+def _float32_masks(x: torch.Tensor, training: bool) -> torch.Tensor:
+    """The video encoder's Dropout(0.5) with its uniforms drawn in float32 whatever x's dtype,
+    so that the float64 model drops the same units as the float32 ones from the same seed."""
+    if not training:
+        return x
+    u = torch.rand(x.shape, dtype=torch.float32, device=x.device).to(x.dtype)
+    return x * (u >= 0.5) * 2.0
+
+
+def _models(word_head: str) -> dict[str, DavsModel]:
+    """The tiny preset with identical weights: "fused" (Triton kernels, fp32), "ref" (PyTorch
+    references, fp32) and "truth" (PyTorch references, float64)."""
+    cfg = DavsConfig.from_preset("tiny", word_head=word_head, kernel_backend="triton")
+    fused = DavsModel(cfg)
+    ref = DavsModel(dataclasses.replace(cfg, kernel_backend="ref"))
+    ref.load_state_dict(fused.state_dict())
+    truth = DavsModel(dataclasses.replace(cfg, kernel_backend="ref"))
+    truth.load_state_dict(fused.state_dict())
+    models = {"fused": fused, "ref": ref, "truth": truth.double()}
+    for model in models.values():
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    return models
+
+
+def _batch(cfg: DavsConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    batch = steps.example_batch(cfg, BATCH, seed=1)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+
+
+def _generator_step(model: DavsModel, batch: dict, stage: str) -> tuple[dict, dict]:
+    """The generator-side loss parts of one `stage` step and every parameter's gradient."""
+    torch.manual_seed(7)  # the same dropout masks in every model
+    model.zero_grad(set_to_none=True)
+    loss, parts = steps.generator_loss(model, steps.forward(model, batch, stage), batch, stage)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.double() for k, v in parts.items()}, grads
+
+
+def _check(what: str, fused: torch.Tensor, ref: torch.Tensor, truth: torch.Tensor) -> None:
+    """The bound of the module docstring for one tensor (or one loss value)."""
+    truth = truth.double()
+    err_fused = (fused.double() - truth).norm().item()
+    err_ref = (ref.double() - truth).norm().item()
+    bound = SLACK * err_ref + FLOOR * truth.norm().item()
+    assert err_fused <= bound, (
+        f"{what}: fused error {err_fused:.3g} against float64, above {bound:.3g} "
+        f"(fp32 reference error {err_ref:.3g}, |truth| {truth.norm().item():.3g})"
     )
-    opts = RunOptions(
-        data=shards, out=out, stages=STAGES, max_steps=STEPS, workers=0, evaluate=False
-    )
-    trainer = Trainer(cfg, opts)
-    init = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    trainer.run()
-    return {
-        "log": [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()],
-        "wid": load_model(out / "checkpoints" / f"wid_{STEPS:06d}").state_dict(),
-        "init": init,
-        "final": {n: p.detach() for n, p in trainer.model.named_parameters()},
-    }
+
+
+@pytest.fixture
+def same_masks(monkeypatch):
+    monkeypatch.setattr(video_encoder, "_dropout_half", _float32_masks)
 
 
 @pytest.mark.parametrize("word_head", ["concat", "tcn"])
-def test_triton_and_ref_training_agree(shards, tmp_path, monkeypatch, word_head):
-    # Sample grids and videos are not compared; skipping them saves time.
+def test_one_step_losses_and_gradients_match_the_reference(monkeypatch, same_masks, word_head):
+    calls = _spy(monkeypatch)
+    models = _models(word_head)
+    for stage in STAGES:
+        out = {
+            name: _generator_step(
+                model, _batch(model.cfg, torch.float64 if name == "truth" else torch.float32), stage
+            )
+            for name, model in models.items()
+        }
+        (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = (
+            out["fused"],
+            out["ref"],
+            out["truth"],
+        )
+        assert parts_f.keys() == parts_t.keys() and grads_f.keys() == grads_t.keys()
+        for key in parts_t:
+            _check(f"{stage} loss {key}", parts_f[key], parts_r[key], parts_t[key])
+        for name in grads_t:
+            _check(f"{stage} grad {name}", grads_f[name], grads_r[name], grads_t[name])
+    assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
+
+
+@pytest.mark.parametrize("word_head", ["concat", "tcn"])
+def test_gradients_match_along_a_training_trajectory(monkeypatch, same_masks, word_head):
+    calls = _spy(monkeypatch)
+    models = _models(word_head)
+    truth = models["truth"]
+    cfg = truth.cfg
+    adam = torch.optim.Adam(truth.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999))
+    start = {n: p.detach().clone() for n, p in truth.named_parameters()}
+    batches = {dtype: _batch(cfg, dtype) for dtype in (torch.float32, torch.float64)}
+    for stage in STAGES:
+        for step in range(1, STEPS + 1):
+            out = {}
+            for name, model in models.items():
+                if name != "truth":  # this step starts from the trajectory's weights
+                    model.load_state_dict(truth.state_dict())
+                dtype = torch.float64 if name == "truth" else torch.float32
+                out[name] = _generator_step(model, batches[dtype], stage)
+            (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = out.values()
+            for key in parts_t:
+                _check(f"{stage} step {step} loss {key}", parts_f[key], parts_r[key], parts_t[key])
+            for name in grads_t:
+                _check(
+                    f"{stage} step {step} grad {name}", grads_f[name], grads_r[name], grads_t[name]
+                )
+            adam.step()  # the gradients of the float64 model's last backward
+    moved = max((p.detach() - start[n]).abs().max().item() for n, p in truth.named_parameters())
+    assert moved > cfg.optim.lr, "training did not move the weights: later steps would repeat"
+    assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
+
+
+def test_trainer_runs_the_kernels(shards, tmp_path, monkeypatch):
+    """`kernel_backend="triton"` reaches every launcher through the real training loop (one
+    `wid` and one `gen` step), and the run's losses are finite."""
     monkeypatch.setattr(Trainer, "_write_samples", lambda self: None)
     calls = _spy(monkeypatch)
-    fused = _train(shards, tmp_path / "triton", word_head, "triton")
+    cfg = DavsConfig.from_preset("tiny", num_words=3, num_identities=4, kernel_backend="triton")
+    out = tmp_path / "run"
+    opts = RunOptions(data=shards, out=out, stages=STAGES, max_steps=1, workers=0, evaluate=False)
+    Trainer(cfg, opts).run()
     assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
-    launched = dict(calls)
-    ref = _train(shards, tmp_path / "ref", word_head, "ref")
-    assert calls == launched, "the ref run launched a Triton kernel"
-
-    # Every logged loss.
-    steps = [(s, i) for s in STAGES for i in range(1, STEPS + 1)]
-    assert [(r["stage"], r["step"]) for r in fused["log"]] == steps
-    assert [(r["stage"], r["step"]) for r in ref["log"]] == steps
-    for f, r in zip(fused["log"], ref["log"], strict=True):
-        assert f.keys() == r.keys()
-        assert f["bad_steps"] == r["bad_steps"] == 0
-        for key in r.keys() - {"stage", "step", "bad_steps", "samples_per_s"}:
-            assert f[key] == pytest.approx(r[key], rel=LOSS_RTOL, abs=LOSS_ATOL), (
-                f"{r['stage']} step {r['step']} {key}: triton {f[key]}, ref {r[key]}"
-            )
-
-    # Every parameter and buffer after the wid stage, element-wise.
-    assert fused["wid"].keys() == ref["wid"].keys()
-    for name, r in ref["wid"].items():
-        f = fused["wid"][name]
-        if r.is_floating_point():
-            torch.testing.assert_close(
-                f, r, rtol=0, atol=WID_ATOL, msg=lambda m, n=name: f"{n}: {m}"
-            )
-        else:
-            assert torch.equal(f, r), name
-
-    # The final parameters as a whole, relative to how far training moved them.
-    diff = update = 0.0
-    for name, r in ref["final"].items():
-        diff += (fused["final"][name] - r).double().square().sum().item()
-        update += (r - ref["init"][name]).double().square().sum().item()
-    ratio = (diff / update) ** 0.5
-    assert ratio < GEN_RATIO, f"final parameters differ by {ratio:.3g} of the training update"
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["bad_steps"]) for r in log] == [("wid", 0), ("gen", 0)]
