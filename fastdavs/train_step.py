@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from fastdavs import steps
 from fastdavs.config import DavsConfig
+from fastdavs.machine import cpu_has_native_bf16
 from fastdavs.model import DavsModel
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ STAGE_MODULES = {
     ),
 }
 ADVERSARIES = ("pid_word_adversary", "wid_person_adversary")  # lr scaled by adversary_lr_scale
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 / AMX); without it, bf16
-    convolutions fall back to a slow reference path (measured 10-13x slower steps on AVX2)."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
 
 
 def retain_heap() -> bool:

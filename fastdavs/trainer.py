@@ -1,5 +1,5 @@
-"""The training loop: stages pid -> wid -> gen over prepared shards, with checkpoints, resume,
-a non-finite guard, mixed precision, NVTX ranges and multi-process data parallelism.
+"""The training loop: stages pid -> wid -> render -> gen over prepared shards, with checkpoints,
+resume, a non-finite guard, mixed precision, NVTX ranges and multi-process data parallelism.
 
     shards ──DavsDataset/make_loader──► batch ──steps.forward──► D step ──► G step ──► log
                                                                    └── every N: checkpoint
@@ -7,8 +7,9 @@ a non-finite guard, mixed precision, NVTX ranges and multi-process data parallel
 One step (optimisers, precision, gradient all-reduce) is `fastdavs.train_step.TrainStep`.
 Each stage has its own Adam optimisers (lr and betas from `cfg.optim`): `pid` trains the
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
-classifier (G) against the modality discriminator (D); `gen` the whole generator side (G)
-against every discriminator and adversary (D). A step with a non-finite loss or gradient is
+classifier (G) against the modality discriminator (D); `render` the generator alone on the
+frozen encoders (G only); `gen` the whole generator side (G) against every discriminator and
+adversary (D). A stage scheduled for 0 steps is passed over (`render` in the paper preset). A step with a non-finite loss or gradient is
 skipped and counted; `schedule.max_bad_steps` in a row stop the run with a message naming the
 step and the loss, leaving the last good checkpoint as it was.
 
@@ -41,6 +42,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.errors import FastdavsError
+from fastdavs.machine import machine_info
 from fastdavs.model import DavsModel
 from fastdavs.runlog import plot_losses, sample_grid, sample_video
 from fastdavs.train_step import TrainStep, retain_heap
@@ -162,6 +164,11 @@ class Trainer:
         for stage in self.opts.stages:
             if stage in self.pos.done:
                 continue
+            if getattr(self.cfg.schedule, f"{stage}_steps") == 0:
+                # Not scheduled; passed over without touching the position, so a run resumed
+                # in a later stage stays where it was.
+                log.info("stage %s: 0 steps scheduled, skipped", stage)
+                continue
             if stage != self.pos.stage:
                 self.pos = _Position(stage=stage, bad_steps=self.pos.bad_steps, done=self.pos.done)
                 self.step.make_optimizers(stage)
@@ -188,6 +195,7 @@ class Trainer:
             "world_size": self.world,
             "max_steps": o.max_steps,
             "versions": {"torch": torch.__version__, "fastdavs": fastdavs.__version__},
+            "machine": machine_info(),
         }
 
     def _evaluate(self) -> None:
@@ -251,15 +259,15 @@ class Trainer:
                     self._log(stage, rate, bar)
                 bar.update()
                 sample_now = self.pos.step % sched.sample_every == 0 or self.pos.step == total
-                if stage == "gen" and sample_now and self.rank == 0:
-                    self._write_samples()
+                if stage in ("render", "gen") and sample_now and self.rank == 0:
+                    self._write_samples(stage)
                 periodic = self.pos.step % sched.checkpoint_every == 0 and self.pos.step < total
                 if periodic and in_a_row == 0:  # never replace a good checkpoint mid-streak
                     self._save()
 
-    def _write_samples(self) -> None:
-        """RUN/samples/gen_STEP.{png,mp4}: a grid of 4 held-out clips (val split when prepared,
-        else train) and an mp4 of the first one driven by its audio, with its sound."""
+    def _write_samples(self, stage: str) -> None:
+        """RUN/samples/STAGE_STEP.{png,mp4}: a grid of 4 held-out clips (val split when
+        prepared, else train) and an mp4 of the first one driven by its audio, with its sound."""
         if self._samples is None:
             split = "val" if "val" in self.dataset.shards.index.splits else "train"
             shards = ShardSet(self.opts.data, split)
@@ -269,7 +277,7 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in default_collate(items).items()}
             self._samples = (shards, batch)
         shards, batch = self._samples
-        name = self.opts.out / f"samples/gen_{self.pos.step:06d}"
+        name = self.opts.out / f"samples/{stage}_{self.pos.step:06d}"
         sample_grid(self.model, batch, name.with_suffix(".png"))
         sample_video(self.model, shards, 0, name.with_suffix(".mp4"))
 
