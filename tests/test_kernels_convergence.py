@@ -208,7 +208,7 @@ def test_gradients_match_along_a_training_trajectory(monkeypatch, same_masks, wo
 def test_trainer_runs_the_kernels(shards, tmp_path, monkeypatch):
     """`kernel_backend="triton"` reaches every launcher through the real training loop (one
     `wid` and one `gen` step), and the run's losses are finite."""
-    monkeypatch.setattr(Trainer, "_write_samples", lambda self: None)
+    monkeypatch.setattr(Trainer, "_write_samples", lambda self, *args: None)
     calls = _spy(monkeypatch)
     cfg = DavsConfig.from_preset("tiny", num_words=3, num_identities=4, kernel_backend="triton")
     out = tmp_path / "run"
