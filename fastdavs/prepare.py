@@ -11,8 +11,10 @@ skipped; the run reports them at the end and keeps them in `OUT/index.json`. A t
 clip can be used, and an OUT that cannot be written, are errors (one line, exit status 2) that
 leave no index and no shard holding only skips.
 
-SynthLRW clips carry a `.json` sidecar with landmarks and the identity; other trees (real LRW)
-are aligned with OpenCV's Haar cascades and have no identity labels (-1).
+SynthLRW clips carry a `.json` sidecar with landmarks, the identity and (format 2 on) the
+per-frame visemes, which become each shard's optional `viseme.npy` (the ground truth of the
+mouth); other trees (real LRW) are aligned with OpenCV's Haar cascades and have no identity
+labels (-1) and no visemes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -75,9 +78,16 @@ def identities_of(src: Path) -> list[str]:
     return [f"synthlrw-{i['id']:03d}" for i in load_manifest(src)["identities"]]
 
 
-def prepare_clip(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One clip -> (aligned frames uint8 [25, A, A, 3], MFCC windows float32 [25, 20, 12],
-    identity label or -1). Raises DataError for a clip that cannot be used."""
+class PreparedClip(NamedTuple):
+    frames: np.ndarray  # uint8 [25, A, A, 3] aligned frames 2..26
+    mfcc: np.ndarray  # float32 [25, 20, 12] the window of each stored frame
+    identity: int  # identity label, -1 where unknown
+    visemes: np.ndarray | None  # float32 [25, 4] of the stored frames, None where unknown
+
+
+def prepare_clip(path: Path, image_size: int) -> PreparedClip:
+    """One clip -> its aligned frames, MFCC windows, identity label and (SynthLRW sidecars of
+    format 2 on) visemes. Raises DataError for a clip that cannot be used."""
     import torch
 
     from fastdavs.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
@@ -87,13 +97,15 @@ def prepare_clip(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, i
 
     last = FIRST_FRAME + FRAMES_PER_CLIP  # one past the last stored frame (27)
     clip = read_clip(path, min_frames=last)
-    landmarks, identity = None, -1
+    landmarks, identity, visemes = None, -1, None
     sidecar = path.with_suffix(".json")
     if sidecar.exists():
         try:
             meta = json.loads(sidecar.read_text())
             landmarks = np.asarray(meta["landmarks"], dtype=np.float32)  # [T, 5, 2]
             identity = int(meta.get("identity", -1))
+            if "visemes" in meta:
+                visemes = np.asarray(meta["visemes"], dtype=np.float32)  # [T, 4]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{sidecar}: unreadable landmark sidecar ({e})") from None
         if landmarks.shape != (len(clip.frames), 5, 2):
@@ -101,6 +113,13 @@ def prepare_clip(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, i
                 f"{sidecar}: landmarks of shape {landmarks.shape}, expected "
                 f"({len(clip.frames)}, 5, 2) for {len(clip.frames)} frames"
             )
+        if visemes is not None:
+            if visemes.shape != (len(clip.frames), 4) or not np.isfinite(visemes).all():
+                raise DataError(
+                    f"{sidecar}: visemes of shape {visemes.shape} (or not finite), expected "
+                    f"finite ({len(clip.frames)}, 4) for {len(clip.frames)} frames"
+                )
+            visemes = visemes[FIRST_FRAME:last]
     aligned = align_clip(clip.frames, image_size, landmarks, path)[FIRST_FRAME:last]
     # The window of the last stored frame reaches 15 ms past a 29-frame clip's audio (LRW's
     # tracks run longer; `read_clip` stops at the last frame): pad that tail with zeros.
@@ -109,7 +128,7 @@ def prepare_clip(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, i
     audio = np.pad(clip.audio, (0, max(0, need - len(clip.audio))))
     windows, first = mfcc_windows(mfcc(torch.from_numpy(audio)))  # [W, 20, 12], frames 2..
     assert first == FIRST_FRAME
-    return aligned, windows[:FRAMES_PER_CLIP].numpy(), identity
+    return PreparedClip(aligned, windows[:FRAMES_PER_CLIP].numpy(), identity, visemes)
 
 
 @dataclass(frozen=True)
@@ -130,12 +149,12 @@ def _prepare_chunk(args: tuple[_Chunk, Path, int]) -> tuple[int, int]:
     with writer:
         for src in chunk.sources:
             try:
-                frames, windows, identity = prepare_clip(src.path, image_size)
+                clip = prepare_clip(src.path, image_size)
             except DataError as e:
                 writer.skip(src.clip_id, str(e))
                 skipped += 1
                 continue
-            writer.add(frames, windows, src.word, identity, src.clip_id)
+            writer.add(clip.frames, clip.mfcc, src.word, clip.identity, src.clip_id, clip.visemes)
             added += 1
     return added, skipped
 

@@ -25,7 +25,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.steps import STAGES
 
 PROG = "fastdavs-train"
-SYNTH_VERSION = 1  # bump when SynthLRW's content changes, so caches are rebuilt
+SYNTH_VERSION = 2  # bump when SynthLRW's content changes, so caches are rebuilt (2: visemes)
 
 
 def build_parser() -> argparse.ArgumentParser:

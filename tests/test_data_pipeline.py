@@ -3,6 +3,7 @@ audio/video sync of the whole decode -> align -> MFCC path."""
 
 import json
 import shutil
+from pathlib import Path
 
 import av
 import cv2
@@ -24,6 +25,7 @@ from fastdavs.data.synth import (
     render_example,
 )
 from fastdavs.data.video_io import read_clip, write_mp4
+from fastdavs.errors import DataError
 from fastdavs.prepare import main as prepare_main
 from fastdavs.prepare import prepare, prepare_clip
 
@@ -52,6 +54,8 @@ def test_synthlrw_layout_and_streams(synth_dir):
         meta = json.loads(mp4.with_suffix(".json").read_text())
         assert splits[meta["identity"]] == split  # held-out identities only in val/test
         assert np.asarray(meta["landmarks"]).shape == (29, 5, 2)
+        assert np.asarray(meta["visemes"]).shape == (29, 4)
+        assert meta["viseme_order"] == ["jaw_open", "lip_width", "lip_round", "teeth"]
     with av.open(str(mp4s[0])) as container:
         (v,) = container.streams.video
         (a,) = container.streams.audio
@@ -74,6 +78,9 @@ def test_render_example_is_the_written_clip(synth_dir):
     assert 10 * np.log10(255**2 / mse) > 30  # PSNR of the H.264 round trip
     other = render_example(SYNTH, (job.identity + 1) % SYNTH.identities, job.word, job.take)
     assert np.abs(other.frames.astype(int) - ex.frames).mean() > 5  # another face
+    # The sidecar's visemes are the ones the mouth was drawn from, rounded to 1e-4.
+    sidecar = np.asarray(json.loads(Path(job.path).with_suffix(".json").read_text())["visemes"])
+    assert np.abs(sidecar - ex.visemes).max() <= 0.5e-4 and ex.visemes[:, 0].max() > 0.3
 
 
 def test_prepare_and_load_batches(synth_dir, tmp_path):
@@ -96,11 +103,46 @@ def test_prepare_and_load_batches(synth_dir, tmp_path):
     words = {w: i for i, w in enumerate(index.vocabulary)}
     for clip_id, label in zip(train.clip_ids, train.words.tolist(), strict=True):
         assert words[clip_id.split("/")[0]] == label
+    # The ground-truth visemes of the stored frames 2..26, clip by clip.
+    assert train.visemes.shape == (6, 25, 4) and train.visemes.dtype == np.float32
+    for i, clip_id in enumerate(train.clip_ids):
+        sidecar = json.loads((synth_dir / clip_id).with_suffix(".json").read_text())
+        assert np.array_equal(train.visemes[i], np.float32(sidecar["visemes"])[2:27])
+    meta = json.loads((out / "train/shard_00000/meta.json").read_text())
+    assert meta["format_version"] == 2 and meta["arrays"]["viseme"]["shape"] == [6, 25, 4]
 
     # A rerun finds every shard complete and does no work.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/shard_*/frames.npy")}
     prepare(synth_dir, out, cfg.image_size, workers=1)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/shard_*/frames.npy")} == stamps
+
+
+def test_sidecars_without_visemes_prepare_without_the_array(synth_dir, tmp_path):
+    """Real LRW and SynthLRW sets of format 1 have no visemes: the shards then hold no
+    viseme.npy and ShardSet.visemes is None; one clip without them drops its shard's array."""
+    src = shutil.copytree(synth_dir, tmp_path / "lrw")
+    sidecars = sorted(src.glob("*/*/*.json"))
+    for path in sidecars:
+        meta = json.loads(path.read_text())
+        if path.parent.name != "val":  # val keeps them
+            del meta["visemes"]
+        path.write_text(json.dumps(meta))
+    index = prepare(src, tmp_path / "out", 32, workers=1)
+    assert {s: e["clips"] for s, e in index.splits.items()} == {"train": 6, "val": 3, "test": 3}
+    assert ShardSet(tmp_path / "out", "train").visemes is None
+    assert ShardSet(tmp_path / "out", "val").visemes.shape == (3, 25, 4)
+    assert not (tmp_path / "out/train/shard_00000/viseme.npy").exists()
+    meta = json.loads((tmp_path / "out/train/shard_00000/meta.json").read_text())
+    assert set(meta["arrays"]) == {"frames", "mfcc", "word", "identity"}
+
+
+def test_a_synthlrw_set_of_format_1_is_read_but_not_reused(synth_dir, tmp_path):
+    src = shutil.copytree(synth_dir, tmp_path / "lrw")
+    manifest = src / "synthlrw.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 2', '"format_version": 1'))
+    assert load_manifest(src)["format_version"] == 1  # fastdavs-prepare still reads it
+    with pytest.raises(DataError, match="format 1 .*visemes.*delete it or choose another"):
+        generate(SYNTH, src, workers=1)
 
 
 def test_corrupt_clip_is_skipped_and_reported(synth_dir, tmp_path, capsys):
@@ -128,8 +170,9 @@ def test_prepare_rejects_a_tree_that_is_not_lrw(tmp_path, capsys):
 
 def test_mouth_and_audio_peak_meet_in_the_frame_window(tmp_path):
     """A clip whose mouth opens only on frame k and whose vowel is centred on frame k: after
-    decode -> align -> MFCC, the widest mouth is stored frame k - 2 and the audio energy peak
-    sits in the middle of that frame's 20-step MFCC window [4k - 8, 4k + 12)."""
+    decode -> align -> MFCC, the widest mouth is stored frame k - 2, so is the sidecar viseme
+    that opens the jaw, and the audio energy peak sits in the middle of that frame's 20-step
+    MFCC window [4k - 8, 4k + 12)."""
     k, size = 13, 64
     rng = np.random.default_rng(0)
     who, how = face.random_identity(rng), voice.random_voice(rng)
@@ -144,11 +187,14 @@ def test_mouth_and_audio_peak_meet_in_the_frame_window(tmp_path):
     path = tmp_path / "SYNC" / "test" / "SYNC_00001.mp4"
     path.parent.mkdir(parents=True)
     write_mp4(path, frames, audio)
-    path.with_suffix(".json").write_text(json.dumps({"landmarks": landmarks.tolist()}))
+    sidecar = {"landmarks": landmarks.tolist(), "visemes": visemes.tolist()}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
 
-    aligned, windows, _ = prepare_clip(path, image_size=32)
+    aligned, windows, _, stored_visemes = prepare_clip(path, image_size=32)
     change = np.abs(aligned.astype(int) - aligned[0]).sum(axis=(1, 2, 3))
     assert int(np.argmax(change)) == k - 2
+    assert np.array_equal(stored_visemes, visemes[2:27])
+    assert int(np.argmax(stored_visemes[:, 0])) == k - 2
 
     decoded = read_clip(path).audio
     n_steps = (len(decoded) - WIN) // HOP + 1

@@ -192,6 +192,52 @@ def test_writer_discards_shard_on_error_and_rejects_bad_clips(tmp_path):
         w.add(frames, mfcc * 1e4, 0, 0, "loud.mp4")
     with pytest.raises(DataError, match="float16"):
         w.add(frames, np.full_like(mfcc, np.nan), 0, 0, "nan.mp4")
+    with pytest.raises(DataError, match=r"few\.mp4: visemes are \[24, 4\]"):
+        w.add(frames, mfcc, 0, 0, "few.mp4", visemes=np.zeros((24, 4)))
+    with pytest.raises(DataError, match="NaN"):
+        w.add(frames, mfcc, 0, 0, "nan.mp4", visemes=np.full((T, 4), np.nan))
+
+
+def fake_visemes(c: int) -> np.ndarray:
+    return np.random.default_rng(100 + c).random((T, 4))
+
+
+def test_visemes_round_trip_and_are_absent_where_a_clip_lacks_them(tmp_path):
+    # Shard 0 and 1 have them for every clip; shard 2 misses one: it stores none.
+    with ShardWriter(tmp_path / "train", A, CAPACITY) as w:
+        for c in range(N_CLIPS):
+            visemes = None if c == 6 else fake_visemes(c)
+            w.add(*fake_clip(c), word=c % 3, identity=0, clip_id=f"w/{c}.mp4", visemes=visemes)
+    with ShardWriter(tmp_path / "val", A, CAPACITY) as w:
+        for c in range(2):
+            w.add(*fake_clip(c), word=c, identity=0, clip_id=f"v/{c}.mp4", visemes=fake_visemes(c))
+        w.skip("v/9.mp4", "no face found")  # skipped clips do not count
+    write_index(tmp_path, image_size=S, aligned_size=A, vocabulary=VOCAB, identities=PEOPLE)
+    val = ShardSet(tmp_path, "val")
+    assert val.visemes.dtype == np.float32 and val.visemes.shape == (2, T, 4)
+    np.testing.assert_array_equal(val.visemes, np.float32([fake_visemes(0), fake_visemes(1)]))
+    meta = json.loads((tmp_path / "val/shard_00000/meta.json").read_text())
+    assert meta["arrays"]["viseme"] == {"shape": [2, T, 4], "dtype": "float32"}
+    assert ShardSet(tmp_path, "train").visemes is None  # one shard of the split lacks them
+    assert (tmp_path / "train/shard_00001/viseme.npy").exists()
+    assert not (tmp_path / "train/shard_00002/viseme.npy").exists()
+
+    (tmp_path / "val/shard_00000/viseme.npy").unlink()
+    with pytest.raises(DataError, match="viseme.npy: unreadable shard array"):
+        ShardSet(tmp_path, "val")
+    np.save(tmp_path / "val/shard_00000/viseme.npy", np.zeros((3, T, 4), np.float32))
+    with pytest.raises(DataError, match="viseme.npy: float32 \\(3, 25, 4\\) does not match"):
+        ShardSet(tmp_path, "val")
+
+
+def test_shards_of_format_1_are_still_read(tmp_path):
+    """Format 2 only added the optional viseme.npy: a version-1 set reads, without visemes."""
+    write_set(tmp_path)
+    for path in [tmp_path / "index.json", *tmp_path.glob("*/shard_*/meta.json")]:
+        path.write_text(path.read_text().replace('"format_version": 2', '"format_version": 1'))
+    ss = ShardSet(tmp_path, "train")
+    assert len(ss) == 7 and ss.visemes is None
+    np.testing.assert_array_equal(ss.frames(3), fake_clip(3)[0])
 
 
 def test_shard_of_only_skipped_clips_is_complete_and_empty(tmp_path):
@@ -226,7 +272,7 @@ def test_load_errors_name_the_file_and_the_fix(out, tmp_path):
         load_index(out)
 
     index = out / "index.json"
-    index.write_text(index.read_text().replace('"format_version": 1', '"format_version": 99'))
+    index.write_text(index.read_text().replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(DataError, match="format version 99"):
         load_index(out)
     index.write_text("{")

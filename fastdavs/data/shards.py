@@ -15,13 +15,19 @@ On disk (T = 25 stored frames, A = aligned size = round(image_size * 260 / 256))
         mfcc.npy      float16 [N, T, 20, 12]   window t belongs to stored frame t
         word.npy      int64   [N]              index into the vocabulary
         identity.npy  int64   [N]              index into identities, -1 where unknown (real LRW)
-        meta.json     count, shapes, dtypes, clip_ids (source paths), skipped clips, and
-                      "complete": true, written last
+        viseme.npy    float32 [N, T, 4]        optional: the ground-truth mouth of each stored frame
+                                               (jaw_open, lip_width, lip_round, teeth; SynthLRW's
+                                               sidecars), present only when every clip has it
+        meta.json     count, shapes, dtypes ("arrays": every .npy file of the shard), clip_ids
+                      (source paths), skipped clips, and "complete": true, written last
     OUT/<split>/shard_00001/ ...
 
 The arrays are standard `.npy` files, so dtype and shape live in each file and
 `np.load(path, mmap_mode="r")` maps them. Only the 25 frames that have an MFCC window are
 stored (the original loads frames 2..26 with `2.bin`..`26.bin`, spec/davs.md §3.1).
+
+Format versions: 2 added the optional `viseme.npy`; shards and indexes of version 1 (never
+holding it) are still read, and `ShardSet.visemes` is None for them.
 
 Atomicity and resuming: a shard is written into `shard_XXXXX.tmp/`, flushed to disk, and renamed
 to `shard_XXXXX/` only when complete, so a killed prepare never leaves a half shard that looks
@@ -56,14 +62,17 @@ import numpy as np
 
 from fastdavs.atomic import write_json
 from fastdavs.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
+from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; 2 added the optional viseme.npy
+READABLE_VERSIONS = (1, 2)
 FRAMES_PER_CLIP = 25  # T: video frames 2..26 of a 29-frame LRW clip, the ones with an MFCC window
 INDEX_FILE = "index.json"
 META_FILE = "meta.json"
+VISEME_FILE = "viseme.npy"
 SHARD_PATTERN = re.compile(r"shard_(\d{5})")
 _HEADER_BYTES = 128  # fixed .npy header size, so the final row count can be written in place
 
@@ -134,6 +143,7 @@ class _OpenShard:
     identities: list[int]
     clip_ids: list[str]
     skipped: list[dict]
+    visemes: list[np.ndarray | None]
 
 
 class ShardWriter:
@@ -176,7 +186,13 @@ class ShardWriter:
             self.abort()
 
     def add(
-        self, frames: np.ndarray, mfcc: np.ndarray, word: int, identity: int, clip_id: str
+        self,
+        frames: np.ndarray,
+        mfcc: np.ndarray,
+        word: int,
+        identity: int,
+        clip_id: str,
+        visemes: np.ndarray | None = None,
     ) -> None:
         """Append one clip.
 
@@ -185,6 +201,8 @@ class ShardWriter:
             mfcc: float [T=25, 20, 12], window t of stored frame t; stored as float16.
             word: index into the vocabulary; identity: index into identities or -1 if unknown.
             clip_id: the source path relative to the LRW root, for reports.
+            visemes: optional float [T=25, 4], the ground-truth mouth of each stored frame
+                (`phonemes.VISEME_DIMS`); the shard stores them only if every clip has them.
         """
         a = self.aligned_size
         frames = np.asarray(frames)
@@ -205,12 +223,22 @@ class ShardWriter:
             raise DataError(f"{clip_id}: MFCC max |value| {peak} does not fit float16")
         if word < 0 or identity < -1:
             raise DataError(f"{clip_id}: word={word} must be >= 0 and identity={identity} >= -1")
+        if visemes is not None:
+            visemes = np.asarray(visemes, dtype=np.float32)
+            if visemes.shape != (FRAMES_PER_CLIP, len(VISEME_DIMS)):
+                raise DataError(
+                    f"{clip_id}: visemes are {list(visemes.shape)}, expected "
+                    f"[{FRAMES_PER_CLIP}, {len(VISEME_DIMS)}] (one per stored frame)"
+                )
+            if not np.isfinite(visemes).all():
+                raise DataError(f"{clip_id}: visemes hold NaN or infinity")
         shard = self._open or self._start()
         shard.frames.append(frames)
         shard.mfcc.append(mfcc)
         shard.words.append(int(word))
         shard.identities.append(int(identity))
         shard.clip_ids.append(str(clip_id))
+        shard.visemes.append(visemes)
         if len(shard.clip_ids) == self.capacity:
             self._commit()
 
@@ -260,6 +288,7 @@ class ShardWriter:
             identities=[],
             clip_ids=[],
             skipped=[],
+            visemes=[],
         )
         return self._open
 
@@ -271,17 +300,29 @@ class ShardWriter:
             np.save(s.tmp / "word.npy", np.asarray(s.words, dtype=np.int64))
             np.save(s.tmp / "identity.npy", np.asarray(s.identities, dtype=np.int64))
             n = len(s.clip_ids)
+            arrays = {
+                "frames": {"shape": [n, *s.frames.row_shape], "dtype": "uint8"},
+                "mfcc": {"shape": [n, *s.mfcc.row_shape], "dtype": "float16"},
+                "word": {"shape": [n], "dtype": "int64"},
+                "identity": {"shape": [n], "dtype": "int64"},
+            }
+            have = sum(v is not None for v in s.visemes)
+            if n and have == n:
+                np.save(s.tmp / VISEME_FILE, np.stack(s.visemes))  # float32 [N, T, 4]
+                arrays["viseme"] = {
+                    "shape": [n, FRAMES_PER_CLIP, len(VISEME_DIMS)],
+                    "dtype": "float32",
+                }
+            elif have:
+                log.warning(
+                    "%s: %d of %d clips have visemes; the shard stores none", s.final, have, n
+                )
             meta = {
                 "format_version": FORMAT_VERSION,
                 "count": n,
                 "aligned_size": self.aligned_size,
                 "frames_per_clip": FRAMES_PER_CLIP,
-                "arrays": {
-                    "frames": {"shape": [n, *s.frames.row_shape], "dtype": "uint8"},
-                    "mfcc": {"shape": [n, *s.mfcc.row_shape], "dtype": "float16"},
-                    "word": {"shape": [n], "dtype": "int64"},
-                    "identity": {"shape": [n], "dtype": "int64"},
-                },
+                "arrays": arrays,
                 "clip_ids": s.clip_ids,
                 "skipped": s.skipped,
                 "complete": True,  # last: a meta.json without it is from an interrupted writer
@@ -307,10 +348,10 @@ def read_meta(shard_dir: str | Path) -> dict:
     meta = _read_json(path, "shard metadata")
     if meta.get("complete") is not True:
         raise DataError(f"{path}: shard is incomplete; rerun fastdavs-prepare to finish it")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise DataError(
             f"{path}: shard format version {meta.get('format_version')}, this fastdavs reads "
-            f"{FORMAT_VERSION}; rerun fastdavs-prepare into a new directory"
+            f"{_readable()}; rerun fastdavs-prepare into a new directory"
         )
     try:
         count = meta["count"]
@@ -324,6 +365,10 @@ def read_meta(shard_dir: str | Path) -> dict:
     if not isinstance(skipped, list):
         raise DataError(f"{path}: 'skipped' is not a list; rerun fastdavs-prepare")
     return meta
+
+
+def _readable() -> str:
+    return " or ".join(map(str, READABLE_VERSIONS))
 
 
 def is_complete(shard_dir: str | Path) -> bool:
@@ -434,10 +479,10 @@ def load_index(out: str | Path) -> ShardIndex:
     if not path.exists():
         raise DataError(f"{path}: no shard index; run fastdavs-prepare first")
     data = _read_json(path, "shard index")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise DataError(
             f"{path}: format version {data.get('format_version')}, this fastdavs reads "
-            f"{FORMAT_VERSION}; rerun fastdavs-prepare into a new directory"
+            f"{_readable()}; rerun fastdavs-prepare into a new directory"
         )
     index = _index_from(out, data)
     for split, entry in index.splits.items():
@@ -483,6 +528,9 @@ class ShardSet:
 
     Attributes:
         words, identities: int64 [N] labels (identity -1 where unknown); clip_ids: list of N str.
+        visemes: float32 [N, T=25, 4] ground-truth mouth of every stored frame (jaw_open,
+            lip_width, lip_round, teeth), held in RAM; None unless every shard of the split has
+            them (real LRW has none).
         image_size, aligned_size: S and A of the prepared set.
     """
 
@@ -498,23 +546,28 @@ class ShardSet:
         self.image_size = self.index.image_size
         self.aligned_size = self.index.aligned_size
         self._dirs: list[Path] = []
-        counts, words, identities, self.clip_ids = [], [], [], []
+        counts, words, identities, visemes, self.clip_ids = [], [], [], [], []
         for rel in self.index.splits[split]["shards"]:
             d = self.index.root / rel
             meta = read_meta(d)
-            if meta["count"] == 0:
+            n = meta["count"]
+            if n == 0:
                 continue
             w, ident = _load_npy(d / "word.npy"), _load_npy(d / "identity.npy")
-            if w.shape != (meta["count"],) or ident.shape != (meta["count"],):
+            if w.shape != (n,) or ident.shape != (n,):
                 raise DataError(f"{d}: label arrays do not match meta.json; rerun prepare")
             self._dirs.append(d)
-            counts.append(meta["count"])
+            counts.append(n)
             words.append(w)
             identities.append(ident)
+            visemes.append(_load_visemes(d, meta))
             self.clip_ids += meta["clip_ids"]
         self._starts = np.cumsum([0, *counts]).tolist()  # first global row of each shard
         self.words = np.concatenate(words) if words else np.zeros(0, np.int64)
         self.identities = np.concatenate(identities) if identities else np.zeros(0, np.int64)
+        self.visemes = (
+            np.concatenate(visemes) if visemes and all(v is not None for v in visemes) else None
+        )
         self._maps: list[tuple[np.memmap, np.memmap]] | None = None
 
     def __len__(self) -> int:
@@ -563,6 +616,19 @@ class ShardSet:
     def __getstate__(self) -> dict:
         # A pickled np.memmap carries its whole contents; send the paths and map again instead.
         return {**self.__dict__, "_maps": None}
+
+
+def _load_visemes(shard_dir: Path, meta: dict) -> np.ndarray | None:
+    """float32 [N, T, 4] of a shard whose meta.json lists "viseme"; None if it lists none."""
+    if "viseme" not in meta.get("arrays", {}):
+        return None
+    v = _load_npy(shard_dir / VISEME_FILE)
+    if v.shape != (meta["count"], FRAMES_PER_CLIP, len(VISEME_DIMS)) or v.dtype != np.float32:
+        raise DataError(
+            f"{shard_dir / VISEME_FILE}: {v.dtype} {v.shape} does not match meta.json; "
+            "rerun fastdavs-prepare"
+        )
+    return v
 
 
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:

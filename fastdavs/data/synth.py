@@ -5,14 +5,16 @@
 
 writes `DIR/WORD/{train,val,test}/WORD_00001.mp4` (29 frames at 25 fps, H.264, 16 kHz AAC in the
 same file) with LRW's `.txt` beside each clip, a `.json` sidecar (identity, take, per-frame
-5-point landmarks), and `DIR/synthlrw.json` (the manifest: settings, vocabulary, identities,
+5-point landmarks, the phoneme timeline and the per-frame visemes the mouth was drawn from), and
+`DIR/synthlrw.json` (the manifest: settings, vocabulary, identities,
 splits), written last, so its presence means the set is complete.
 
 One phoneme timeline drives both the voice (`voice.synthesize`) and the mouth
 (`phonemes.viseme_track` -> `face.render_clip`), so lips are predictable from the audio; pitch
 and formants belong to the identity, so the audio carries identity cues. Val and test hold
 identities never seen in training. `render_example` renders any identity saying any word with
-any take, which gives exact ground truth for generated frames.
+any take, which gives exact ground truth for generated frames; the sidecar's visemes (jaw
+opening, lip width, rounding, teeth of every frame) are the exact ground truth of each mouth.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from fastdavs.errors import DataError
 
 MANIFEST = "synthlrw.json"
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1
+# 2: sidecars hold "visemes". Sets of format 1 (no visemes) are still read and prepared.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+VISEME_DECIMALS = 4  # the sidecar's visemes are rounded to 1e-4 (the renderer is not that exact)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Example:
     frames: np.ndarray  # uint8 [29, size, size, 3] RGB
     audio: np.ndarray  # float32 [18560] at 16 kHz
     landmarks: np.ndarray  # float32 [29, 5, 2] pixel (x, y)
+    visemes: np.ndarray  # float [29, 4] (jaw_open, lip_width, lip_round, teeth), as drawn
     identity: int
     word: phonemes.Word
     take: int
@@ -116,7 +122,7 @@ def render_example(
     blink = face.blinks(rng, phonemes.N_FRAMES)
     frames, landmarks = face.render_clip(who, visemes, motion, blink, size=cfg.size)
     audio = voice.synthesize(segments, how, take_params, seed=int(rng.integers(2**31)))
-    return Example(frames, audio, landmarks, identity, word, take, segments)
+    return Example(frames, audio, landmarks, visemes, identity, word, take, segments)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def _write_clip(args: tuple[SynthConfig, _Job]) -> None:
         "landmark_order": ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"],
         "landmarks": np.round(ex.landmarks, 3).tolist(),
         "phonemes": [[s.phoneme, round(s.start, 4), round(s.end, 4)] for s in ex.segments],
+        "viseme_order": list(phonemes.VISEME_DIMS),
+        "visemes": np.round(ex.visemes, VISEME_DECIMALS).tolist(),  # [29][4]
     }
     write_text(sidecar, json.dumps(meta))  # last: its presence marks the clip done
 
@@ -170,7 +178,14 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None) -> P
     out = Path(out)
     manifest = out / MANIFEST
     if manifest.exists():
-        if load_manifest(out)["config"] == dataclasses.asdict(cfg):
+        info = load_manifest(out)
+        if info["format_version"] != FORMAT_VERSION:
+            raise DataError(
+                f"{out} holds a SynthLRW set of format {info['format_version']} (its sidecars "
+                f"lack what format {FORMAT_VERSION} adds: per-frame visemes); delete it or "
+                "choose another --out"
+            )
+        if info["config"] == dataclasses.asdict(cfg):
             return manifest
         raise DataError(
             f"{out} already holds a SynthLRW set with other settings; choose another --out"
@@ -239,8 +254,11 @@ def load_manifest(out: str | Path) -> dict:
         raise DataError(f"{path} is missing: {out} is not a complete SynthLRW set") from None
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: unreadable SynthLRW manifest ({e})") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: SynthLRW format {info.get('format_version')}, expected 1")
+    if info.get("format_version") not in READABLE_VERSIONS:
+        raise DataError(
+            f"{path}: SynthLRW format {info.get('format_version')}, this fastdavs reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
     return info
 
 
