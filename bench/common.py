@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import statistics
 import subprocess
 import time
@@ -17,6 +19,17 @@ from fastdavs.model import DavsModel
 def git(*args: str) -> str:
     """`git ARGS` in the current directory, its stdout stripped ('' outside a checkout)."""
     return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+
+def csv_text(rows: list[dict], fields: list[str], machine: str) -> str:
+    """`rows` as CSV with the columns `fields` (other keys left out, missing ones empty) and a
+    last column `machine` holding `machine` (a `fastdavs.machine.machine_summary`) on every row,
+    so that the file alone names the machine it was measured on."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, [*fields, "machine"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({**row, "machine": machine} for row in rows)
+    return buf.getvalue()
 
 
 def median_p20_p80(xs: list[float]) -> tuple[float, float, float]:

@@ -15,19 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import git
 
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, default_num_workers, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.data.synth import SynthConfig, generate
+from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
 from fastdavs.prepare import prepare
 
@@ -83,12 +82,11 @@ def main() -> None:
     cfg = DavsConfig.from_preset(args.preset)
     workers = os.cpu_count() or 1
     results: dict = {
+        "machine": machine_info(),
         "preset": cfg.preset,
-        "cpu_count": workers,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
         "git": git("rev-parse", "--short", "HEAD"),
     }
+    print(f"machine: {machine_summary(results['machine'])}")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "synthlrw"
         if not args.src:

@@ -19,9 +19,6 @@ Writes generate.json and generate.csv to --out.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import git, median_p20_p80, random_model
+from common import csv_text, git, median_p20_p80, random_model
 
 from fastdavs.atomic import write_json, write_text
 from fastdavs.checkpoint import save_checkpoint
@@ -37,6 +34,7 @@ from fastdavs.data.synth import SynthConfig, render_example
 from fastdavs.data.video_io import read_clip
 from fastdavs.engines import BuildConfig, build_engine
 from fastdavs.generate import GenerateOptions, generate
+from fastdavs.machine import machine_info, machine_summary
 
 
 def speech(seconds: float, path: Path) -> Path:
@@ -92,7 +90,8 @@ def main() -> int:
     import matplotlib.cbook
 
     photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    print(f"torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    machine = machine_info()
+    print(f"torch threads {torch.get_num_threads()}, {machine_summary(machine)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="fastdavs-bench-generate-") as tmp:
         tmp = Path(tmp)
@@ -143,17 +142,12 @@ def main() -> int:
     meta = {
         "git": git("rev-parse", "--short", "HEAD"),
         "dirty": bool(git("status", "--porcelain")),
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
         "command": " ".join(sys.argv),
     }
-    write_json(out_dir / "generate.json", {"meta": meta, "rows": rows})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_dir / "generate.csv", buf.getvalue())
+    write_json(out_dir / "generate.json", {"machine": machine, "meta": meta, "rows": rows})
+    fields = sorted({k for r in rows for k in r})
+    write_text(out_dir / "generate.csv", csv_text(rows, fields, machine_summary(machine)))
     print(f"\nwrote {out_dir / 'generate.json'} and generate.csv")
     return 0
 

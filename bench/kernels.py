@@ -40,11 +40,8 @@ filled it (TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for cold ones).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -55,10 +52,11 @@ from pathlib import Path
 import contrastive_memory
 import torch
 import triton
-from common import best_seconds, git, matmul_peak_gflops, median_p20_p80
+from common import best_seconds, csv_text, git, matmul_peak_gflops, median_p20_p80
 from kernel_work import H100_BW, H100_FLOPS, Work, contrastive_work, conv_work, mfcc_work
 from mfcc_librosa import mfcc_librosa
 
+from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
 from fastdavs.kernels import (
     contrastive_loss,
@@ -70,6 +68,7 @@ from fastdavs.kernels import (
     temporal_conv_ref,
 )
 from fastdavs.kernels.temporal_conv import out_len
+from fastdavs.machine import machine_info, machine_summary
 
 ACT_SHORT = {"relu": "relu", "leaky_relu": "lrelu"}
 MFCC_TARGET = (10.0, 1e-4)  # speed-up over the librosa baseline, max abs error
@@ -613,23 +612,11 @@ def cpu_seconds() -> tuple[float, float, float]:
     return busy, sum(os.times()[:4]), time.perf_counter()
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
+def run_meta() -> dict:
+    """What this run used beside the machine (`machine_info`): threads, Triton, the commit."""
     return {
-        "device": torch.cuda.get_device_name() if CUDA else "cpu",
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "triton": triton.__version__,
-        "python": platform.python_version(),
         "git": git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain") else ""),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "triton_timed": CUDA,
@@ -655,11 +642,11 @@ def main() -> None:
     reps = args.reps or (3 if args.quick else 15)
     min_sample_s, max_case_s = (0.005, 5.0) if args.quick else (0.02, 30.0)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    meta = machine() | {"quick": args.quick, "reps": reps, "seed": seed, "argv": sys.argv[1:]}
+    machine = machine_info()
+    meta = run_meta() | {"quick": args.quick, "reps": reps, "seed": seed, "argv": sys.argv[1:]}
     cpu_start = cpu_seconds()
     print(
-        f"device {meta['device']} | CPU {meta['cpu']} ({meta['cpu_count']} cores, "
-        f"{meta['torch_threads']} torch threads) | torch {meta['torch']} | triton "
+        f"{machine_summary(machine)} | {meta['torch_threads']} torch threads | triton "
         f"{meta['triton']} | git {meta['git'][:12]} | seed {seed}"
     )
     if not CUDA:
@@ -737,15 +724,12 @@ def main() -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "kernels.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out / "kernels.csv", csv_text(rows, list(rows[0]), machine_summary(machine)))
     result = dict(
-        meta=meta, peaks=peaks, rows=rows, mfcc=mfcc_lines, analytic=table, memory=mem,
-        h100={"bandwidth_Bps": H100_BW, "flops": H100_FLOPS},
+        machine=machine, meta=meta, peaks=peaks, rows=rows, mfcc=mfcc_lines, analytic=table,
+        memory=mem, h100={"bandwidth_Bps": H100_BW, "flops": H100_FLOPS},
     )  # fmt: skip
-    (out / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "kernels.json", result)
     plot(rows, out / "kernels.png")
     print(f"\nwrote {out / 'kernels.csv'}, {out / 'kernels.json'}, {out / 'kernels.png'}")
 

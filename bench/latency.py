@@ -27,10 +27,7 @@ CPU times are `time.perf_counter` after warm-up; CUDA paths synchronise before r
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import git, matmul_peak_gflops, random_model
+from common import csv_text, git, matmul_peak_gflops, random_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
@@ -47,9 +44,9 @@ from fastdavs.engines import BuildConfig, EngineError, build_engine, load
 from fastdavs.engines.export import MFCC_STD, FrameGraph, IdentityGraph, reference_model
 from fastdavs.engines.runtime import IdentityCache
 from fastdavs.engines.tensorrt_engine import import_tensorrt, require_gpu
+from fastdavs.machine import cpu_has_native_bf16, machine_info, machine_summary
 from fastdavs.metrics import psnr
 from fastdavs.model import DavsModel
-from fastdavs.train_step import cpu_has_native_bf16
 
 BATCH = 25  # one second of video
 # Targets of issue 6, reported against, never adjusted.
@@ -57,6 +54,11 @@ TARGET_PAPER_FPS, TARGET_PSNR_DB, TARGET_SMALL_MS = 25.0, 35.0, 10.0
 # Timing budget per (path, batch): stop after `reps` calls or `budget` seconds (at least 3).
 REPS = {1: 100, BATCH: 12}
 BUDGET_S = {"small": 8.0, "paper": 40.0}
+CSV_FIELDS = [
+    "path", "p50_ms", "p90_ms", "p99_ms", "fps", "fps_p20", "fps_p80", "speedup",
+    "psnr_db", "psnr_min_db", "max_abs", "gflops", "peak_share", "compile_s_b1",
+    f"compile_s_b{BATCH}", "reps_b1", "reps_b25", "note", "error",
+]  # fmt: skip
 
 
 def quantiles(xs: list[float], qs=(0.2, 0.5, 0.8, 0.9, 0.99)) -> dict[float, float]:
@@ -272,6 +274,8 @@ def main() -> int:
     skip_paths = {s for s in args.skip.split(",") if s}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    print(f"machine: {machine_summary(machine)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="fastdavs-latency-") as tmp:
         tmp = Path(tmp)
@@ -375,19 +379,12 @@ def main() -> int:
     import onnxruntime
 
     env = {
-        "cpu": _cpu_name(),
-        "machine": platform.machine(),
         "threads": torch.get_num_threads(),
-        "native_bf16": cpu_has_native_bf16(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "git": git("rev-parse", "--short", "HEAD"),
-        "versions": {
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
+        "onnxruntime": onnxruntime.__version__,
     }
     result = {
+        "machine": machine,
         "preset": preset,
         "image_size": s,
         "model": note,
@@ -406,7 +403,7 @@ def main() -> int:
     print(table)
     stem = out_dir / f"latency-{preset}"
     write_json(stem.with_suffix(".json"), _finite(result))
-    write_text(stem.with_suffix(".csv"), _csv(rows))
+    write_text(stem.with_suffix(".csv"), csv_text(rows, CSV_FIELDS, machine_summary(machine)))
     plot(rows, preset, note, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .csv, .png")
     return 0
@@ -415,7 +412,7 @@ def main() -> int:
 def format_table(r: dict) -> str:
     lines = [
         f"fastdavs frame synthesis — {r['preset']} preset ({r['image_size']} px), {r['model']}",
-        f"{r['env']['cpu']}, {r['env']['threads']} threads, fp32 matmul peak "
+        f"{machine_summary(r['machine'])}, {r['env']['threads']} threads, fp32 matmul peak "
         f"{r['peak_fp32_gflops']:.1f} GFLOP/s, frame graph {r['gflop_per_frame']:.3f} GFLOP/frame",
         "",
         f"{'path':<22} {'b1 p50':>8} {'p90':>8} {'p99':>8} {'b25 frames/s [p20, p80]':>26} "
@@ -476,25 +473,6 @@ def _finite(obj):
 
 def _db(x: float) -> str:
     return "inf" if x == float("inf") else f"{x:.1f}"
-
-
-def _csv(rows: list[dict]) -> str:
-    keys = [
-        "path", "p50_ms", "p90_ms", "p99_ms", "fps", "fps_p20", "fps_p80", "speedup",
-        "psnr_db", "psnr_min_db", "max_abs", "gflops", "peak_share", "compile_s_b1",
-        f"compile_s_b{BATCH}", "reps_b1", "reps_b25", "note", "error",
-    ]  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _cpu_name() -> str:
-    from fastdavs.engines.onnxruntime_engine import host_cpu
-
-    return host_cpu()
 
 
 if __name__ == "__main__":

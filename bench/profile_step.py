@@ -41,8 +41,8 @@ a rough flag of contention (well under 100 for a multi-threaded variant: the pro
 descheduled; threads1 shows about 50 plus spin-waiting). `!` marks a row whose share is under 80 %.
 `faults` is the median number of minor page faults per step: memory the allocator had to get
 from the OS again (independent of load, unlike the times).
-Without native bf16 (the measured bf16 matmul rate below the fp32 one) bf16 runs only on the
-cases under 1 GFLOP; --force-bf16 runs it everywhere. FLOPs come from
+Without native bf16 (`fastdavs.machine.cpu_has_native_bf16`) bf16 runs only on the cases under
+1 GFLOP; --force-bf16 runs it everywhere. FLOPs come from
 `torch.utils.flop_counter.FlopCounterMode` (forward + backward); %peak is against the fp32 matmul
 peak of DESIGN.md (155 GFLOP/s); the matmul peaks measured in this run are printed too. Times are
 medians [p20, p80] after one warm-up round (`time.perf_counter`). Writes profile_step.json and
@@ -53,12 +53,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import functools
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -70,11 +67,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import git, median_p20_p80
+from common import csv_text, git, median_p20_p80
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs import steps
+from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
+from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
 from fastdavs.train_step import TrainStep, retain_heap
 
@@ -346,15 +345,6 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    return sorted(f for f in line.split() if f.startswith(("avx512", "amx", "avx2", "fma")))
-
-
 def _contended(samples: list[Sample], threads: int) -> bool:
     """True when the median CPU share says the process did not get its `threads` cores."""
     share = statistics.median(s.cpu / (s.wall * threads) for s in samples)
@@ -399,30 +389,24 @@ def main() -> int:
 
     peak32 = matmul_gflops(torch.float32, 2048)
     peak16 = matmul_gflops(torch.bfloat16, 512, reps=2)
-    native_bf16 = peak16 > peak32
+    machine = machine_info()
     env = {
         "preset": cfg.preset,
         "batch_size": b,
         "image_size": cfg.image_size,
         "width": cfg.width,
         "threads": THREADS,
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_flags": cpu_flags(),
-        "machine": platform.processor() or platform.machine(),
         "git": git("rev-parse", "--short", "HEAD"),
         "matmul_fp32_gflops": peak32,
         "matmul_bf16_gflops": peak16,
-        "native_bf16": native_bf16,
-        "mkldnn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
         "nominal_peak_gflops": NOMINAL_PEAK,
         "loadavg_start": os.getloadavg(),
     }
     print(
-        f"{cfg.preset} preset, batch {b}, {THREADS} threads, torch {torch.__version__}, "
-        f"CPU capability {env['cpu_capability']}, git {env['git']}\n"
-        f"matmul peak this run: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s "
-        f"(native bf16: {'yes' if native_bf16 else 'no'}); load {os.getloadavg()[0]:.2f}",
+        f"{cfg.preset} preset, batch {b}, {THREADS} threads, git {env['git']}\n"
+        f"machine: {machine_summary(machine)}\n"
+        f"matmul peak this run: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s; "
+        f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
 
@@ -454,7 +438,7 @@ def main() -> int:
             if (case, width) not in module_flops:
                 module_flops[case, width] = count_flops(r)
             flops[case, vname] = module_flops[case, width]
-            emulated_bf16 = v.bf16 and not (native_bf16 or args.force_bf16)
+            emulated_bf16 = v.bf16 and not (machine["native_bf16"] or args.force_bf16)
             if emulated_bf16 and flops[case, vname] / 1e9 > SMALL_CASE_GFLOP:
                 skipped[case, vname] = (
                     f"no native bf16 (bf16 matmul {peak16:.1f} vs fp32 {peak32:.0f} "
@@ -577,15 +561,12 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"env": env, "rows": rows, "stages": stage_report["stages"]}
-    (out / "profile_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"machine": machine, "env": env, "rows": rows, "stages": stage_report["stages"]}
+    write_json(out / "profile_step.json", result)
     fields = ["case", "variant", "n", "width", "gflop", "ms", "p20_ms", "p80_ms", "gflops"]
     fields += ["peak_share", "vs_fp32", "cpu_share", "contended", "faults", "compile_s"]
     fields += ["skipped"]
-    with (out / "profile_step.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out / "profile_step.csv", csv_text(rows, fields, machine_summary(machine)))
     print(f"wrote {out / 'profile_step.json'} and {out / 'profile_step.csv'}")
     return 0
 

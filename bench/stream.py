@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import git
+from common import csv_text, git
 
 from fastdavs.atomic import write_json, write_text
 from fastdavs.audio import SAMPLES_PER_FRAME
 from fastdavs.data.video_io import read_audio
-from fastdavs.engines.onnxruntime_engine import host_cpu
 from fastdavs.face_input import load_face
 from fastdavs.generate import parse_box
+from fastdavs.machine import machine_info, machine_summary
 from fastdavs.stream import LOOKAHEAD_MS, AudioStream, FaceStream
 from fastdavs.stream import samples_needed as needed
 from fastdavs.synthesis import Synthesizer
@@ -158,7 +157,9 @@ def main() -> int:
     kept_up = args.realtime and max_lag <= chunk_s
     backend = synth.backend
     name = cfg.preset if args.engine is None else f"{cfg.preset}-{synth.engine.precision}"
+    machine = machine_info()
     summary = {
+        "machine": machine,
         "backend": backend,
         "model": name,
         "image_size": cfg.image_size,
@@ -181,10 +182,8 @@ def main() -> int:
         "torch_threads": torch.get_num_threads(),
         "inputs": {"checkpoint": args.checkpoint, "engine": args.engine, "audio": args.audio},
         "env": {
-            "cpu": host_cpu(),
             "load_avg_1min": os.getloadavg()[0],
             "git": git("rev-parse", "--short", "HEAD"),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
         },
     }
 
@@ -193,17 +192,25 @@ def main() -> int:
     stem = f"stream-{backend}-{name}-t{args.threads}"
     stem += "-realtime" if args.realtime else ""
     write_json(out / f"{stem}.json", summary)
-    lines = ["frame,time_s,arrival_s,ready_s,latency_ms,from_flush"]
-    for i, arrival, ready, from_flush in rows:
-        t = i * SAMPLES_PER_FRAME / SR
-        latency_ms = 1e3 * (ready - arrival)
-        lines.append(f"{i},{t:.3f},{arrival:.4f},{ready:.4f},{latency_ms:.2f},{int(from_flush)}")
-    write_text(out / f"{stem}.csv", "\n".join(lines) + "\n")
+    per_frame = [
+        {
+            "frame": i,
+            "time_s": f"{i * SAMPLES_PER_FRAME / SR:.3f}",
+            "arrival_s": f"{arrival:.4f}",
+            "ready_s": f"{ready:.4f}",
+            "latency_ms": f"{1e3 * (ready - arrival):.2f}",
+            "from_flush": int(from_flush),
+        }
+        for i, arrival, ready, from_flush in rows
+    ]
+    fields = ["frame", "time_s", "arrival_s", "ready_s", "latency_ms", "from_flush"]
+    write_text(out / f"{stem}.csv", csv_text(per_frame, fields, machine_summary(machine)))
 
     def fmt(q: dict) -> str:
         return " ".join(f"{k} {v:.1f}" for k, v in q.items()) + " ms"
 
     mode = "real time (wall-clock paced)" if args.realtime else "back to back"
+    print(f"machine: {machine_summary(machine)}")
     print(f"{backend} {name} ({cfg.image_size} px), {len(audio) / SR:.1f} s of audio in ", end="")
     print(f"{1e3 * chunk_s:.0f} ms chunks, {mode}")
     print(f"algorithmic look-ahead: {LOOKAHEAD_MS:.0f} ms after a frame's start ", end="")

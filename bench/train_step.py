@@ -27,23 +27,21 @@ Writes train_step.json and train_step.csv to --out.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import git, median_p20_p80
+from common import csv_text, git, median_p20_p80
 
 from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
+from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
 from fastdavs.steps import STAGES, example_batch
-from fastdavs.train_step import TrainStep, cpu_has_native_bf16, retain_heap
+from fastdavs.train_step import TrainStep, retain_heap
 
 ARMS = ("reference", "fast")
 TARGET = 3.0  # issue 5: small preset, fast path >= 3x the reference samples/s
@@ -142,17 +140,11 @@ def main() -> int:
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 and --rounds at least 1")
 
-    env = {
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": cpu_has_native_bf16(),
-        "machine": platform.processor() or platform.machine(),
-        "git": git("rev-parse", "--short", "HEAD"),
-    }
+    machine = machine_info()
+    env = {"git": git("rev-parse", "--short", "HEAD")}
     print(
-        f"{args.stage} step, reference eager fp32 vs fast path; torch {env['torch']}, "
-        f"CPU {env['cpu_capability']}, native bf16: {'yes' if env['native_bf16'] else 'no'}, "
-        f"git {env['git']}",
+        f"{args.stage} step, reference eager fp32 vs fast path; git {env['git']}\n"
+        f"machine: {machine_summary(machine)}",
         flush=True,
     )
     rows = [compare(p, args.stage, args.steps, args.rounds) for p in args.presets.split(",")]
@@ -182,12 +174,9 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "train_step.json", {"env": env, "steps": args.steps, "rows": rows})
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "train_step.csv", table.getvalue())
+    result = {"machine": machine, "env": env, "steps": args.steps, "rows": rows}
+    write_json(out / "train_step.json", result)
+    write_text(out / "train_step.csv", csv_text(rows, list(rows[0]), machine_summary(machine)))
     print(f"wrote {out / 'train_step.json'} and {out / 'train_step.csv'}")
     return 0
 
