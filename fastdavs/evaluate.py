@@ -22,15 +22,31 @@ training. What is measured:
 - generation: audio-driven generate(pid, wid_a) and video-driven generate(pid, wid_v) of all L
   frames against the real frames (the exact ground truth on SynthLRW): PSNR and SSIM of the full
   frame and of the mouth box (`DavsConfig.mouth_box_px`); the mouth SSIM is null, with a
-  reason, where the box is smaller than the 11 x 11 SSIM window (the tiny preset);
+  reason, where the box is smaller than the 11 x 11 SSIM window (the tiny preset). Beside them,
+  the references a generator has to beat, scored the same way against the same frames:
+  "copy", the identity frame itself as every frame (the do-nothing baseline: a generator that
+  ignores the speech scores about this); "audio_shuffled" / "video_shuffled", the identity
+  frame driven by another clip's word-ID sequence (`shuffled_partners`: another word), PSNR
+  only: a generator that uses the speech scores worse on the mouth with the wrong speech.
+  The identity frame is one of the clip's stored frames and may be one of the L scored ones:
+  that frame is left out of every image score and of the jaw R^2 (a copy would score it
+  perfectly, +inf dB), so each clip averages L or L - 1 frames;
+- jaw opening R^2 (`fastdavs.jaw_probe`, SynthLRW only): a ridge regression on mouth pixels,
+  fitted on real frames of the train split against the ground-truth jaw viseme, reads the jaw
+  of every evaluated frame; R^2 against the truth for each generation above, for the real
+  frames (the probe's ceiling) and for the copy (the floor: a constant per clip, about 0 or
+  below). Nothing of the evaluated model enters it, so a generator cannot learn to please it.
+  Null, with the reason, where the data has no visemes (real LRW) or no train split;
 - lip reading of the audio-driven generated video (encode_video + word classifier); the real
   video's accuracy above is its reference;
 - sync (`metrics.sync_scores`, offsets up to seq_len // 2 sequence steps, so every offset
   compares at least half the clip): audio wid against the generated video's wid, and against
   the real video's wid as the reference.
 
-Memory is bounded by the batch: generated frames are scored per batch and dropped; what is kept
-per clip is its wid sequences, pid vector, logits and scalar scores.
+Memory is bounded by the batch: the clips are read twice, once for the word-ID sequences of all
+clips (a shuffled drive needs another clip's), then for the generation, where each generated
+batch is scored and dropped; what is kept per clip is its wid sequences, pid vector, logits,
+scalar scores and jaw readings.
 """
 
 from __future__ import annotations
@@ -40,20 +56,61 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from fastdavs.atomic import write_json
+from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
-from fastdavs.data.shards import INDEX_FILE, ShardSet, load_index
+from fastdavs.data.shards import INDEX_FILE, ShardIndex, ShardSet, load_index
 from fastdavs.errors import DataError
+from fastdavs.jaw_probe import JAW, JawProbe, fit_jaw_probe
 from fastdavs.losses import mouth_mask, sequence_embedding
-from fastdavs.metrics import linear_probe, psnr, retrieval, ssim, sync_scores, word_accuracy
+from fastdavs.metrics import (
+    linear_probe,
+    psnr,
+    r2_score,
+    retrieval,
+    ssim,
+    sync_scores,
+    word_accuracy,
+)
 from fastdavs.model import DavsModel
 
 log = logging.getLogger(__name__)
 
 SSIM_WINDOW = 11  # the standard window of `metrics.ssim`
+# What each generation entry scores: generated (or copied) frames against the real ones.
+DRIVES = ("audio", "video", "copy", "audio_shuffled", "video_shuffled")
+SSIM_DRIVES = ("audio", "video", "copy")  # the shuffled controls are judged by PSNR and jaw
+
+
+def shuffled_partners(words: np.ndarray) -> np.ndarray:
+    """For each clip, the clip whose speech drives its shuffled control: from half the split
+    further on (cyclically, in split order), the first clip with another word.
+
+    Deterministic, and spread over the split (a split in word-major order, as prepared, does
+    not send every clip of a word to the same partner). Where the split has a single word,
+    the partner is the clip half the split further on (same word); a one-clip split drives
+    the clip with itself.
+
+    Args:
+        words: int [N] word labels in split order.
+    Returns:
+        int64 [N] partner indices.
+    """
+    words = np.asarray(words)
+    n = len(words)
+    start = (np.arange(n) + n // 2) % n
+    if len(np.unique(words)) < 2:
+        return start.astype(np.int64)
+    partners = np.empty(n, np.int64)
+    for i, j in enumerate(start.tolist()):
+        while words[j] == words[i]:
+            j = (j + 1) % n
+        partners[i] = j
+    return partners
 
 
 def evaluate(
@@ -113,10 +170,27 @@ def evaluate(
     top, bottom, left, right = box
     mouth_ssim = min(bottom - top, right - left) >= SSIM_WINDOW
     max_offset = cfg.seq_len // 2
+    probe, probe_info = _jaw_probe(data, index, shards, cfg)
+    if probe is not None and split == "train":
+        notes.append("the jaw probe was fitted on the evaluated train split (seen identities)")
+    partners = shuffled_partners(shards.words)
+    sequence, ident_frames = _stored_frames(dataset)
+    scored = torch.from_numpy(sequence != ident_frames[:, None])  # [N, L] not the identity frame
     was_training = model.training
     model.to(device).eval()
     try:
-        r = _collect(model, dataset, batch_size, device, mouth_ssim, max_offset, progress)
+        r = _collect(
+            model,
+            dataset,
+            batch_size,
+            device,
+            mouth_ssim,
+            max_offset,
+            progress,
+            partners,
+            scored,
+            probe,
+        )
     finally:
         model.train(was_training)
     words = torch.from_numpy(shards.words)  # [N]
@@ -135,17 +209,28 @@ def evaluate(
         else f"the {bottom - top}x{right - left} px mouth box is smaller than the "
         f"{SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
     )
-    generation = {
-        driver: {
+    jaw = None  # [N, L] ground-truth jaw opening of every scored frame
+    if probe is not None:
+        jaw = torch.from_numpy(shards.visemes[np.arange(len(shards))[:, None], sequence, JAW])
+    generation = {}
+    for drive in DRIVES:
+        metrics = ("psnr", "ssim") if drive in SSIM_DRIVES else ("psnr",)
+        generation[drive] = {
             metric: {
-                part: r[key].mean().item() if (key := f"{driver}_{metric}_{part}") in r else None
+                part: r[key].mean().item() if (key := f"{drive}_{metric}_{part}") in r else None
                 for part in ("full", "mouth")
             }
-            for metric in ("psnr", "ssim")
+            for metric in metrics
         }
-        for driver in ("audio", "video")
-    }
-    generation.update(mouth_box_px=list(box), ssim_mouth_reason=mouth_reason)
+    for drive in (*DRIVES, "real"):
+        r2 = None if jaw is None else r2_score(r[f"{drive}_jaw"][scored], jaw[scored])
+        generation.setdefault(drive, {})["jaw_r2"] = r2
+    generation.update(
+        jaw_probe=probe_info,
+        shuffled_same_word=int((shards.words[partners] == shards.words).sum()),
+        mouth_box_px=list(box),
+        ssim_mouth_reason=mouth_reason,
+    )
     sync = {"max_offset": max_offset}
     for name in ("generated", "real"):
         sync[name] = {
@@ -186,45 +271,105 @@ def _collect(
     mouth_ssim: bool,
     max_offset: int,
     progress: bool,
+    partners: np.ndarray,
+    scored: torch.Tensor,
+    probe: JawProbe | None,
 ) -> dict[str, torch.Tensor]:
     """Run the model over every clip; return name -> per-clip values [N, ...] on the CPU: word-ID
-    sequences, pid vectors, word logits, sync scores and image scores (generated frames are
-    scored per batch and dropped)."""
+    sequences, pid vectors, word logits, sync scores, image scores of every drive in DRIVES
+    (over the `scored` frames, bool [N, L]) and, with a probe, jaw readings [N, L] of each drive
+    and of the real frames (generated frames are scored per batch and dropped)."""
     box = model.cfg.mouth_box_px
     size = model.cfg.image_size
     mask = mouth_mask(size, size, box, device=device)  # [S, S]
-    keep: dict[str, list[torch.Tensor]] = {}  # name -> per-batch [B, ...] values on the CPU
+    scored = scored.to(device)
+    keep: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, value: torch.Tensor) -> None:
         keep.setdefault(name, []).append(value.cpu())
 
+    def score(drive: str, fake: torch.Tensor, real: torch.Tensor, frames: torch.Tensor) -> None:
+        add(f"{drive}_psnr_full", psnr(fake, real, frames=frames))  # [B]
+        add(f"{drive}_psnr_mouth", psnr(fake, real, mask, frames=frames))
+        if drive in SSIM_DRIVES:
+            add(f"{drive}_ssim_full", ssim(fake, real, frames=frames))
+            if mouth_ssim:
+                add(f"{drive}_ssim_mouth", ssim(fake, real, box, frames=frames))
+        if probe is not None:
+            add(f"{drive}_jaw", probe.predict(fake))  # [B, L]
+
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=0)
-    bar = tqdm(
-        total=len(dataset), unit="clip", desc=f"eval {dataset.shards.split}", disable=not progress
-    )
+    n = len(dataset)
+    bar = tqdm(total=2 * n, unit="clip", desc=f"eval {dataset.shards.split}", disable=not progress)
     with torch.inference_mode(), bar:
+        wid_a, wid_v = [], []  # pass 1: every clip's word-ID sequences [B, L, D]
         for batch in loader:
+            wid_a.append(model.encode_audio(batch["mfcc"].to(device)).float())
+            wid_v.append(model.encode_video(batch["frames"].to(device)).float())
+            bar.update(len(batch["word"]))
+        wid_a, wid_v = torch.cat(wid_a), torch.cat(wid_v)  # [N, L, D] on the device
+        first = 0
+        for batch in loader:  # pass 2: generation, scored per batch
+            rows = torch.arange(first, first + len(batch["word"]), device=wid_a.device)
+            first += len(rows)
+            other = torch.from_numpy(partners).to(wid_a.device)[rows]
             frames = batch["frames"].to(device)  # [B, L, 3, S, S]
-            wid_a = model.encode_audio(batch["mfcc"].to(device))  # [B, L, D]
-            wid_v = model.encode_video(frames)  # [B, L, D]
-            ident = model.encode_identity(batch["identity"].to(device))  # vec [B, pid_dim]
-            fake_a = model.generate(ident, wid_a)  # [B, L, 3, S, S]
+            ident_frame = batch["identity"].to(device)  # [B, 3, S, S]
+            ident = model.encode_identity(ident_frame)  # vec [B, pid_dim]
+            wa, wv = wid_a[rows], wid_v[rows]
+            add("wid_a", wa)
+            add("wid_v", wv)
+            add("pid", ident.vec.float())
+            fake_a = model.generate(ident, wa)  # [B, L, 3, S, S]
             wid_g = model.encode_video(fake_a)  # [B, L, D] of the generated video
-            for name, x in (("wid_a", wid_a), ("wid_v", wid_v), ("pid", ident.vec)):
-                add(name, x.float())
-            for name, wid in (("audio", wid_a), ("video", wid_v), ("generated", wid_g)):
+            for name, wid in (("audio", wa), ("video", wv), ("generated", wid_g)):
                 add(f"logits_{name}", model.word_classifier(wid).float())  # [B, K]
-            for name, video in (("generated", wid_g), ("real", wid_v)):
-                for key, value in sync_scores(video, wid_a, max_offset).items():
+            for name, video in (("generated", wid_g), ("real", wv)):
+                for key, value in sync_scores(video, wa, max_offset).items():
                     add(f"sync_{name}_{key}", value)  # [B]
-            for driver, fake in (("audio", fake_a), ("video", model.generate(ident, wid_v))):
-                add(f"{driver}_psnr_full", psnr(fake, frames))  # [B]
-                add(f"{driver}_psnr_mouth", psnr(fake, frames, mask))
-                add(f"{driver}_ssim_full", ssim(fake, frames))
-                if mouth_ssim:
-                    add(f"{driver}_ssim_mouth", ssim(fake, frames, box))
-            bar.update(len(frames))
+            keep_frames = scored[rows]  # [B, L]
+            score("audio", fake_a, frames, keep_frames)
+            del fake_a
+            for drive, wid in (
+                ("video", wv),
+                ("audio_shuffled", wid_a[other]),
+                ("video_shuffled", wid_v[other]),
+            ):
+                score(drive, model.generate(ident, wid), frames, keep_frames)
+            score("copy", ident_frame[:, None].expand_as(frames), frames, keep_frames)
+            if probe is not None:
+                add("real_jaw", probe.predict(frames))
+            bar.update(len(rows))
     return {name: torch.cat(values) for name, values in keep.items()}
+
+
+def _jaw_probe(
+    data: Path, index: ShardIndex, shards: ShardSet, cfg: DavsConfig
+) -> tuple[JawProbe | None, dict]:
+    """The jaw probe fitted on the train split, and its JSON description: {"reason": None,
+    "fit_split": "train", ...`JawProbe.info`}, or (None, {"reason": why there is none})."""
+    if shards.visemes is None:
+        reason = (
+            f"the {shards.split} split has no ground-truth visemes (real LRW, or shards "
+            "prepared before fastdavs stored them: prepare SynthLRW again)"
+        )
+        return None, {"reason": reason}
+    if "train" not in index.splits:
+        return None, {"reason": "the data has no train split to fit the probe on"}
+    train = shards if shards.split == "train" else ShardSet(data, "train", index)
+    if train.visemes is None or len(train) < 2:
+        return None, {"reason": "the train split has no ground-truth visemes (or < 2 clips)"}
+    probe = fit_jaw_probe(train, cfg.image_size, cfg.mouth_box_px)
+    return probe, {"reason": None, "fit_split": "train", **probe.info}
+
+
+def _stored_frames(dataset: DavsDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The stored-frame numbers of each evaluation item: its sequence, int [N, L] (seq_start +
+    2 k, k < L), and its identity frame, int [N]."""
+    plans = [dataset.plan(i, 0) for i in range(len(dataset))]
+    steps = 2 * np.arange(dataset.seq_len)
+    sequence = np.stack([p.seq_start + steps for p in plans]).reshape(-1, dataset.seq_len)
+    return sequence, np.array([p.identity for p in plans])
 
 
 def _majority(labels: torch.Tensor) -> float:
@@ -302,18 +447,34 @@ def format_table(results: dict) -> str:
         tail = f"(chance {num(p['chance'])})" if p["reason"] is None else f"({p['reason']})"
         lines.append(row(label, f"{num(p['accuracy'])}   {tail}"))
     g = r["generation"]
+
+    def pair(drive: str, metric: str, digits: int) -> str:
+        return f"{num(g[drive][metric]['full'], digits)}/{num(g[drive][metric]['mouth'], digits)}"
+
     for metric, label, digits in (
         ("psnr", "generation PSNR dB (full/mouth)", 2),
         ("ssim", "generation SSIM    (full/mouth)", 3),
     ):
-        text = "  ".join(
-            f"{driver} {num(g[driver][metric]['full'], digits)}/"
-            f"{num(g[driver][metric]['mouth'], digits)}"
-            for driver in ("audio", "video")
-        )
-        if metric == "ssim" and g["ssim_mouth_reason"]:
+        text = f"audio {pair('audio', metric, digits)}  video {pair('video', metric, digits)}"
+        text += f"  | copy {pair('copy', metric, digits)}"
+        if metric == "psnr":
+            text += (
+                f"  | shuffled audio {pair('audio_shuffled', metric, digits)}"
+                f"  video {pair('video_shuffled', metric, digits)}"
+            )
+        elif g["ssim_mouth_reason"]:
             text += f"   (mouth: {g['ssim_mouth_reason']})"
         lines.append(row(label, text))
+    if g["jaw_probe"]["reason"] is None:
+        text = (
+            f"audio {num(g['audio']['jaw_r2'])}  video {num(g['video']['jaw_r2'])}"
+            f"  | shuffled audio {num(g['audio_shuffled']['jaw_r2'])}"
+            f"  video {num(g['video_shuffled']['jaw_r2'])}"
+            f"  | real {num(g['real']['jaw_r2'])}  copy {num(g['copy']['jaw_r2'])}"
+        )
+    else:
+        text = f"n/a   ({g['jaw_probe']['reason']})"
+    lines.append(row("jaw opening R^2 (pixel probe)", text))
     lines.append(
         row(
             "lip reading of generated video",

@@ -7,7 +7,8 @@ runs a model. The image metrics return per-item values: callers average.
 - lip reading:     `word_accuracy` (fusion is the caller's sum of audio and video logits);
 - association:     `retrieval` (audio <-> video R@1/5/10, median and mean rank, both ways);
 - disentangling:   `linear_probe` (identity from word-ID features, word from person-ID features);
-- generation:      `psnr`, `ssim` (full frame, or the mouth via a mask / box);
+- generation:      `psnr`, `ssim` (full frame, or the mouth via a mask / box); `ridge_regression`
+                   and `r2_score` for regression probes (the jaw probe of `fastdavs.jaw_probe`);
 - sync:            `sync_scores` (LSE-D / LSE-C in the manner of SyncNet, on the model's own
                    per-frame word-ID embeddings).
 
@@ -21,7 +22,8 @@ losses: no gradient is promised.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +178,13 @@ def linear_probe(
 
 
 # ---- generation quality ---------------------------------------------------------------------
-def psnr(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def psnr(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    frames: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-item PSNR in dB, 10 log10(1 / MSE) for images in [0, 1].
 
     With `mask` (0/1, e.g. `losses.mouth_mask(H, W, box)`), the MSE is over the masked pixels
@@ -186,6 +194,7 @@ def psnr(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = Non
     Args:
         fake, real: [B, C, H, W] or [B, T, C, H, W] (clip value = mean of per-frame PSNRs).
         mask: optional, broadcastable to `fake.shape` ([H, W] for one box on every frame).
+        frames: optional bool [B, T], the frames each clip's mean takes (see `ssim`).
     Returns:
         [B] float64.
     """
@@ -201,11 +210,16 @@ def psnr(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = Non
         mse = ((f.to(F64) - r.to(F64)).square() * w).sum((1, 2, 3)) / count
         return -10 * torch.log10(mse)
 
-    return _per_frame(frame_psnr, fake, real, m).mean(1)
+    return _clip_mean(_per_frame(frame_psnr, fake, real, m), frames)
 
 
 def ssim(
-    fake: torch.Tensor, real: torch.Tensor, box: Box | None = None, *, window: int = 11
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    box: Box | None = None,
+    *,
+    window: int = 11,
+    frames: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-item SSIM (Wang et al. 2004) for images in [0, 1].
 
@@ -221,6 +235,8 @@ def ssim(
         box: optional (top, bottom, left, right) pixels, e.g. `DavsConfig.mouth_box_px`: SSIM
             of that crop only. The image or crop must be at least `window` pixels each way.
         window: side of the Gaussian window (odd); keep 11 for the standard metric.
+        frames: optional bool [B, T] for clips: the frames whose values each clip's mean takes
+            (all by default; every clip needs at least one). The others are still computed.
     Returns:
         [B] float64.
     """
@@ -242,16 +258,18 @@ def ssim(
     x = torch.arange(window, dtype=F64, device=fake.device) - (window - 1) / 2
     g = torch.exp(-x.square() / (2 * 1.5**2))
     g = g / g.sum()  # the 2-D window is the outer product g g^T, also normalised
+    # 'Valid' filtering along one axis of length n is a product with the banded matrix whose
+    # row i holds g at columns i..i+window-1 ([n - window + 1, n]); two matrix products filter
+    # both axes. Much faster than a grouped float64 convolution on CPUs (BLAS vs a naive loop).
+    rows, cols = (_band(g, n) for n in fake.shape[-2:])  # [H', H], [W', W]
     c1, c2 = 0.01**2, 0.03**2
 
     def frame_ssim(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         n, c = f.shape[:2]
         f, r = f.to(F64), r.to(F64)
-        stats = torch.cat([f, r, f * f, r * r, f * r], 1)  # [n, 5C, H, W]
-        k = 5 * c
-        stats = F.conv2d(stats, g.view(1, 1, 1, -1).expand(k, 1, 1, window), groups=k)
-        stats = F.conv2d(stats, g.view(1, 1, -1, 1).expand(k, 1, window, 1), groups=k)
-        mu_f, mu_r, e_ff, e_rr, e_fr = stats.view(n, 5, c, *stats.shape[-2:]).unbind(1)
+        stats = torch.stack([f, r, f * f, r * r, f * r], 1)  # [n, 5, C, H, W]
+        stats = rows @ stats @ cols.T  # [n, 5, C, H', W'] local (window-weighted) means
+        mu_f, mu_r, e_ff, e_rr, e_fr = stats.unbind(1)
         var_f = e_ff - mu_f.square()
         var_r = e_rr - mu_r.square()
         cov = e_fr - mu_f * mu_r
@@ -259,7 +277,30 @@ def ssim(
         den = (mu_f.square() + mu_r.square() + c1) * (var_f + var_r + c2)
         return (num / den).mean((1, 2, 3))
 
-    return _per_frame(frame_ssim, fake, real).mean(1)
+    return _clip_mean(_per_frame(frame_ssim, fake, real), frames)
+
+
+def _clip_mean(values: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
+    """[B] means of per-frame values [B, T] over the selected frames (bool [B, T]) or all."""
+    if frames is None:
+        return values.mean(1)
+    frames = frames.to(values.device)
+    if frames.shape != values.shape or frames.dtype != torch.bool or not frames.any(1).all():
+        raise ValueError(
+            f"frames must be bool {tuple(values.shape)} selecting >= 1 frame of every clip; "
+            f"got {frames.dtype} {tuple(frames.shape)}"
+        )
+    total = torch.where(frames, values, values.new_zeros(())).sum(1)
+    return total / frames.sum(1)
+
+
+def _band(g: torch.Tensor, n: int) -> torch.Tensor:
+    """[n - len(g) + 1, n] matrix whose row i is `g` placed at columns i .. i + len(g) - 1."""
+    m = n - len(g) + 1
+    band = torch.zeros(m, n, dtype=g.dtype, device=g.device)
+    rows = torch.arange(m, device=g.device)[:, None]
+    band[rows, rows + torch.arange(len(g), device=g.device)] = g
+    return band
 
 
 def _check_images(fake: torch.Tensor, real: torch.Tensor) -> None:
@@ -340,3 +381,72 @@ def sync_scores(
             "confidence": confidence.item(),
         }
     return {"offset": offset, "distance": distance, "confidence": confidence}
+
+
+# ---- regression probe -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ridge:
+    """A fitted ridge regression on standardised features (see `ridge_regression`)."""
+
+    mean: torch.Tensor  # [D] float64 feature means of the fit
+    scale: torch.Tensor  # [D] float64 feature stds of the fit (1 where a feature is constant)
+    weight: torch.Tensor  # [D] float64, on the standardised features
+    bias: float  # the fit's target mean
+    alpha: float  # ridge strength per sample
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., D] features -> [...] float64 predictions."""
+        x = (features.to(F64) - self.mean.to(features.device)) / self.scale.to(features.device)
+        return x @ self.weight.to(features.device) + self.bias
+
+
+def ridge_regression(
+    features: torch.Tensor, targets: torch.Tensor, alphas: Sequence[float]
+) -> list[Ridge]:
+    """Ridge regressions of `targets` on `features`, one per strength in `alphas`.
+
+    Features are standardised with their own mean and std (constant ones left unscaled); each
+    fit minimises ||X w + b - y||^2 + alpha N ||w||^2 over the N samples (so alpha means the same
+    whatever N is), with b the target mean (the bias is not penalised). One eigendecomposition
+    of X^T X in float64 serves every alpha; nothing is sampled, so fits are deterministic.
+
+    Args:
+        features: [N, D]; targets: [N]; alphas: strengths > 0.
+    Returns:
+        one `Ridge` per alpha, in order.
+    """
+    if features.dim() != 2 or targets.shape != features.shape[:1] or features.shape[0] < 2:
+        raise ValueError(
+            f"need features [N, D] and targets [N], N >= 2; got {features.shape}, {targets.shape}"
+        )
+    if not alphas or min(alphas) <= 0:
+        raise ValueError(f"alphas={alphas}: need at least one, all > 0")
+    x = features.to(F64)
+    y = targets.to(F64)
+    n = x.shape[0]
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    x = (x - mean) / scale
+    evals, evecs = torch.linalg.eigh(x.T @ x)  # X^T X = V diag(e) V^T
+    proj = evecs.T @ (x.T @ (y - y.mean()))  # V^T X^T (y - mean)
+    return [
+        Ridge(mean, scale, evecs @ (proj / (evals.clamp_min(0) + a * n)), y.mean().item(), a)
+        for a in alphas
+    ]
+
+
+def r2_score(predictions: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Coefficient of determination 1 - sum (y - p)^2 / sum (y - mean y)^2 over all elements
+    (float64): 1 is perfect, 0 is as good as always answering the targets' mean, and it is
+    negative for anything worse. None where the targets are constant (R^2 is undefined)."""
+    if predictions.shape != targets.shape or targets.numel() == 0:
+        raise ValueError(
+            f"need predictions and targets of one non-empty shape; got "
+            f"{tuple(predictions.shape)} and {tuple(targets.shape)}"
+        )
+    p, y = predictions.to(F64).flatten(), targets.to(F64).flatten()
+    total = (y - y.mean()).square().sum()
+    if total == 0:
+        return None
+    return (1 - (y - p).square().sum() / total).item()

@@ -1,11 +1,15 @@
 """fastdavs-eval on the tiny preset: every metric present, in range and deterministic; oracle
 models that make the scores exact (perfect and blank generators, one-hot word classifiers,
-identity-revealing features); the command end to end and its one-line errors."""
+identity-revealing features, a generator that draws the true frames of whichever clip drives
+it); the copy baseline by hand; the shuffled drives; the jaw probe on enough identities to
+generalise; the command end to end and its one-line errors."""
 
+import dataclasses
 import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,13 +19,16 @@ from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
 from fastdavs.data.shards import INDEX_FILE, ShardSet
+from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.errors import DataError
 from fastdavs.eval import main as eval_main
-from fastdavs.evaluate import evaluate, format_table, write_results
+from fastdavs.evaluate import DRIVES, evaluate, format_table, shuffled_partners, write_results
 from fastdavs.model import DavsModel
+from fastdavs.prepare import prepare
 
 # The classifier sizes the trainer derives from the `shards` fixture: 3 words, 4 identities.
 CFG = DavsConfig.from_preset("tiny", num_words=3, num_identities=4)
+FACES_CFG = DavsConfig.from_preset("tiny", num_words=4, num_identities=10)  # the `faces` fixture
 RESULT_KEYS = {
     "split", "clips", "identities", "words", "data", "checkpoint", "trained_to", "device",
     "seconds", "notes", "lip_reading", "retrieval", "probes", "generation", "sync",
@@ -46,11 +53,53 @@ class Fixed(nn.Module):
         return self.out
 
 
-def _split(shards, split: str) -> dict[str, torch.Tensor]:
-    """Real frames [N, L, 3, S, S], words [N] and identities [N] of a split, in clip order."""
-    ds = DavsDataset(ShardSet(shards, split), CFG, train=False)
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Prepared shards at 32 px with enough training identities for the jaw probe to read
+    faces it never saw: 10 identities (8 train, 1 val, 1 test), 4 words, 1 take. (Seed 2 gives
+    4 words of unlike mouth tracks; SynthLRW vocabularies are rich in minimal pairs, whose
+    tracks are nearly one another's and would make a weak shuffled control.)"""
+    root = tmp_path_factory.mktemp("faces")
+    cfg = SynthConfig(identities=10, held_out=2, words=4, takes=1, seed=2, size=64)
+    generate(cfg, root / "lrw", 1)
+    prepare(root / "lrw", root / "shards", image_size=32, workers=1)
+    return root / "shards"
+
+
+def _split(shards, split: str, cfg: DavsConfig = CFG) -> dict[str, torch.Tensor]:
+    """Real frames [N, L, 3, S, S], MFCC windows [N, L, 20, 12], identity frames [N, 3, S, S],
+    words [N] and identities [N] of a split, in clip order."""
+    ds = DavsDataset(ShardSet(shards, split), cfg, train=False)
     items = [ds[i] for i in range(len(ds))]
-    return {k: torch.stack([it[k] for it in items]) for k in ("frames", "word", "identity_label")}
+    keys = ("frames", "mfcc", "identity", "word", "identity_label")
+    return {k: torch.stack([it[k] for it in items]) for k in keys}
+
+
+def _truth_model(shards, split: str, cfg: DavsConfig) -> tuple[DavsModel, list[torch.Tensor]]:
+    """A model whose encoders recognise which clip of the split their input is (its MFCC or its
+    frames, exactly) and write that clip's index into the word-ID features, and whose generator
+    draws the true frames of the clip whose word-ID drives it. Returns the model and the list
+    of clip indices each generate call drew."""
+    model = DavsModel(cfg)  # the identity encoder and word classifier stay
+    truth = _split(shards, split, cfg)
+
+    def recognise(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        same = (x.flatten(1)[:, None] == table.flatten(1)[None]).all(-1)  # [B, N]
+        assert (same.sum(1) == 1).all(), "not a clip of the split"
+        wid = torch.zeros(len(x), cfg.seq_len, cfg.word_dim)
+        wid[..., 0] = same.float().argmax(1)[:, None]
+        return wid
+
+    drawn = []
+
+    def generate(identity, wid: torch.Tensor) -> torch.Tensor:
+        drawn.append(wid[:, 0, 0].long())
+        return truth["frames"][drawn[-1]].clone()
+
+    model.encode_audio = lambda mfcc: recognise(mfcc, truth["mfcc"])
+    model.encode_video = lambda frames: recognise(frames, truth["frames"])
+    model.generate = generate
+    return model, drawn
 
 
 def _numbers(tree) -> list:
@@ -72,7 +121,11 @@ def test_every_metric_is_present_in_range_and_deterministic(shards, model):
         2,
         3,
     )
-    assert results["notes"] == [] and results["checkpoint"] is None
+    # Evaluated on train, the split the jaw probe is fitted on: the results say so.
+    assert results["notes"] == [
+        "the jaw probe was fitted on the evaluated train split (seen identities)"
+    ]
+    assert results["checkpoint"] is None
     assert all(math.isfinite(x) for x in _numbers(results))
 
     lr = results["lip_reading"]
@@ -94,9 +147,19 @@ def test_every_metric_is_present_in_range_and_deterministic(shards, model):
     g = results["generation"]
     assert g["mouth_box_px"] == list(CFG.mouth_box_px)
     assert "smaller than the 11x11 SSIM window" in g["ssim_mouth_reason"]  # 8 x 16 px at 32 px
-    for driver in ("audio", "video"):
-        assert 0 < g[driver]["psnr"]["mouth"] < 60 and 0 < g[driver]["psnr"]["full"] < 60
-        assert -1 <= g[driver]["ssim"]["full"] <= 1 and g[driver]["ssim"]["mouth"] is None
+    assert set(g) == {
+        *DRIVES, "real", "jaw_probe", "shuffled_same_word", "mouth_box_px", "ssim_mouth_reason"
+    }  # fmt: skip
+    for drive in DRIVES:
+        assert 0 < g[drive]["psnr"]["mouth"] < 60 and 0 < g[drive]["psnr"]["full"] < 60
+        assert isinstance(g[drive]["jaw_r2"], float) and g[drive]["jaw_r2"] <= 1
+    for drive in ("audio", "video", "copy"):
+        assert -1 <= g[drive]["ssim"]["full"] <= 1 and g[drive]["ssim"]["mouth"] is None
+    assert "ssim" not in g["audio_shuffled"] and "ssim" not in g["video_shuffled"]
+    assert g["shuffled_same_word"] == 0  # 3 words: every shuffled drive says another word
+    probe = g["jaw_probe"]
+    assert probe["reason"] is None and probe["fit_split"] == "train"
+    assert (probe["clips"], probe["frames"], probe["features"]) == (12, 300, 8 * 16)
     sync = results["sync"]
     assert sync["max_offset"] == CFG.seq_len // 2
     for name in ("generated", "real"):
@@ -110,6 +173,8 @@ def test_every_metric_is_present_in_range_and_deterministic(shards, model):
     assert "split train: 12 clips, 2 identities" in table
     assert "probe identity <- audio word-ID" in table and "(chance 0.500)" in table
     assert "mouth: the 8x16 px mouth box is smaller" in table
+    assert "| copy " in table and "| shuffled audio " in table
+    assert "jaw opening R^2 (pixel probe)" in table and "| real " in table
 
 
 def test_generator_oracles_bound_the_image_scores(shards):
@@ -129,6 +194,84 @@ def test_generator_oracles_bound_the_image_scores(shards):
     assert perfect["lip_reading"]["generated"] == perfect["lip_reading"]["video"]
     assert perfect["sync"]["generated"] == perfect["sync"]["real"]
     assert blank["sync"]["generated"] != blank["sync"]["real"]
+
+
+def test_copy_baseline_is_the_identity_frame_scored_by_hand(shards):
+    cfg = dataclasses.replace(CFG, seq_len=12)  # 12 of the 25 stored frames are scored
+    results = evaluate(DavsModel(cfg), shards, batch_size=4, progress=False)  # 6 clips: 4 + 2
+    truth = _split(shards, "test", cfg)
+    frames = truth["frames"].double().numpy()  # [N, L, 3, S, S]
+    ident = truth["identity"].double().numpy()[:, None]  # [N, 1, 3, S, S]
+    # The stored frame each item's identity frame is, and its sequence frames (stride 2): the
+    # identity frame itself is not scored where it is one of them.
+    ds = DavsDataset(ShardSet(shards, "test"), cfg, train=False)
+    plans = [ds.plan(i, 0) for i in range(len(ds))]
+    scored = [[p.seq_start + 2 * k != p.identity for k in range(cfg.seq_len)] for p in plans]
+    assert not all(map(all, scored))  # the fixture has such a clip: the rule is exercised
+    top, bottom, left, right = CFG.mouth_box_px
+    for part, (rows, cols) in {
+        "full": (slice(None), slice(None)),
+        "mouth": (slice(top, bottom), slice(left, right)),
+    }.items():
+        err = (frames - ident)[..., rows, cols] ** 2
+        mse = err.mean(axis=(2, 3, 4))  # [N, L] per frame
+        per_clip = [(-10 * np.log10(m[s])).mean() for m, s in zip(mse, scored, strict=True)]
+        expected = np.mean(per_clip)  # frames of a clip, then clips
+        assert results["generation"]["copy"]["psnr"][part] == pytest.approx(expected, rel=1e-9)
+    assert 0 < results["generation"]["copy"]["ssim"]["full"] < 1
+
+
+def test_shuffled_partners_say_another_word():
+    rng = np.random.default_rng(0)
+    for n, k in ((2, 2), (7, 2), (12, 3), (50, 5), (90, 30)):
+        for words in (rng.integers(0, k, n), np.sort(rng.integers(0, k, n))):
+            if len(np.unique(words)) < 2:
+                continue
+            partners = shuffled_partners(words)
+            assert (words[partners] != words).all()
+            assert np.array_equal(partners, shuffled_partners(words))  # deterministic
+    # In word-major order the partners spread over the split instead of piling on one clip.
+    words = np.repeat(np.arange(3), 6)
+    assert len(np.unique(shuffled_partners(words))) == 18
+    # A single word: half the split further on; one clip: itself.
+    assert shuffled_partners(np.zeros(4, int)).tolist() == [2, 3, 0, 1]
+    assert shuffled_partners(np.zeros(1, int)).tolist() == [0]
+
+
+def test_true_frames_read_like_real_ones_and_beat_the_shuffled_speech(faces):
+    model, drawn = _truth_model(faces, "test", FACES_CFG)
+    results = evaluate(model, faces, batch_size=64, progress=False)  # one batch: 4 clips
+    g = results["generation"]
+    # Generate calls in order: audio, video, shuffled audio, shuffled video drives.
+    words = _split(faces, "test", FACES_CFG)["word"]
+    assert torch.equal(drawn[0], torch.arange(4)) and torch.equal(drawn[1], torch.arange(4))
+    assert (words[drawn[2]] != words).all() and (words[drawn[3]] != words).all()
+    assert g["shuffled_same_word"] == 0
+    # The probe reads held-out faces well (the ceiling), the copy not at all (the floor).
+    real = g["real"]["jaw_r2"]
+    assert real > 0.7 and g["copy"]["jaw_r2"] < 0.1
+    assert g["jaw_probe"]["held_out_r2"] > 0.7 and g["jaw_probe"]["clips"] == 32
+    # True frames read exactly like the real ones; another word's mouth reads far worse.
+    assert g["audio"]["jaw_r2"] == g["video"]["jaw_r2"] == real
+    assert g["audio_shuffled"]["jaw_r2"] < real - 0.5 and g["video_shuffled"]["jaw_r2"] < 0.5
+    assert g["audio"]["psnr"]["mouth"] == math.inf
+    assert g["audio_shuffled"]["psnr"]["mouth"] < g["copy"]["psnr"]["mouth"] + 10
+
+
+def test_jaw_is_null_with_a_reason_without_visemes(shards, model, tmp_path):
+    """Real LRW (or shards prepared before visemes were stored) has none: no R^2, a reason."""
+    data = shutil.copytree(shards, tmp_path / "shards")
+    for meta_path in (data / "test").glob("shard_*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        del meta["arrays"]["viseme"]
+        meta_path.write_text(json.dumps(meta))
+        (meta_path.parent / "viseme.npy").unlink()
+    results = evaluate(model, data, progress=False)
+    g = results["generation"]
+    assert all(g[drive]["jaw_r2"] is None for drive in (*DRIVES, "real"))
+    assert "test split has no ground-truth visemes" in g["jaw_probe"]["reason"]
+    assert g["copy"]["psnr"]["full"] > 0  # everything else is still measured
+    assert "jaw opening R^2 (pixel probe)    n/a   (the test split has no" in format_table(results)
 
 
 def test_feature_oracles_make_accuracies_exact(shards):

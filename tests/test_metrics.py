@@ -10,7 +10,16 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from fastdavs.losses import mouth_mask
-from fastdavs.metrics import linear_probe, psnr, retrieval, ssim, sync_scores, word_accuracy
+from fastdavs.metrics import (
+    linear_probe,
+    psnr,
+    r2_score,
+    retrieval,
+    ridge_regression,
+    ssim,
+    sync_scores,
+    word_accuracy,
+)
 
 F64 = torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -330,3 +339,64 @@ def test_sync_hand_value():
 def test_sync_collapsed_embeddings():
     out = sync_scores(torch.ones(10, 4), torch.ones(10, 4), max_offset=4)
     assert out == {"offset": 0, "distance": 0.0, "confidence": 0.0}
+
+
+# ---- regression probe -----------------------------------------------------------------------
+def test_r2_hand_values():
+    y = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, sum of squares about it 14
+    assert r2_score(y, y) == 1.0
+    assert r2_score(torch.full((4,), 3.0), y) == 0.0  # the mean: 0
+    p = torch.tensor([1.0, 3.0, 3.0, 4.0])  # residuals 0, -1, 0, 2: 5
+    assert r2_score(p, y) == pytest.approx(1 - 5 / 14, abs=1e-15)
+    assert r2_score(-y, y) < 0  # worse than the mean
+    assert r2_score(p.view(2, 2), y.view(2, 2)) == r2_score(p, y)  # over all elements
+    assert r2_score(p, torch.ones(4)) is None  # constant targets: undefined
+    with pytest.raises(ValueError):
+        r2_score(p, y[:3])
+
+
+def test_ridge_matches_the_normal_equations_and_shrinks_to_the_mean():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g, dtype=F64) * torch.arange(1.0, 7.0, dtype=F64) + 5
+    w_true = torch.tensor([0.5, -1.0, 0.0, 2.0, 0.3, 0.0], dtype=F64)
+    y = x @ w_true + 0.7 + 0.01 * torch.randn(200, generator=g, dtype=F64)
+    fits = ridge_regression(x.float(), y, [1e-3, 1e6])
+    # The reference: standardise, centre y, solve (Z^T Z + alpha N I) w = Z^T (y - mean) in NumPy.
+    alpha, n = 1e-3, 200
+    xn = x.float().double().numpy()  # the features the fit saw
+    z = (xn - xn.mean(0)) / xn.std(0)
+    w = np.linalg.solve(z.T @ z + alpha * n * np.eye(6), z.T @ (y.numpy() - y.numpy().mean()))
+    np.testing.assert_allclose(fits[0].weight.numpy(), w, rtol=1e-9, atol=1e-12)
+    assert fits[0].bias == pytest.approx(y.mean().item(), abs=1e-12)
+    assert r2_score(fits[0].predict(x.float()), y) > 0.9999  # the truth is linear
+    assert fits[1].alpha == 1e6 and fits[1].weight.abs().max() < 1e-4  # all but the mean
+    assert r2_score(fits[1].predict(x), y) == pytest.approx(0, abs=1e-3)
+    # alpha is per sample: the same data twice gives the same fit.
+    (twice,) = ridge_regression(torch.cat([x, x]).float(), torch.cat([y, y]), [1e-3])
+    torch.testing.assert_close(twice.weight, fits[0].weight, rtol=1e-9, atol=1e-12)
+
+
+def test_ridge_leaves_constant_features_unscaled_and_checks_inputs():
+    x = torch.stack([torch.arange(10.0), torch.full((10,), 3.0)], 1)  # one constant column
+    (fit,) = ridge_regression(x, 2 * torch.arange(10.0), [1e-6])
+    assert fit.scale[1] == 1 and fit.weight[1] == 0
+    assert r2_score(fit.predict(x), 2 * torch.arange(10.0)) > 0.9999
+    with pytest.raises(ValueError):
+        ridge_regression(x, torch.zeros(9), [1.0])
+    with pytest.raises(ValueError):
+        ridge_regression(x, torch.zeros(10), [0.0])
+
+
+def test_image_metrics_average_the_selected_frames():
+    real = torch.rand(2, 4, 3, 16, 16)
+    fake = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)
+    fake[0, 2] = real[0, 2]  # a perfect frame: +inf PSNR, 1 SSIM
+    frames = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    for metric in (psnr, ssim):
+        per_frame = torch.stack([metric(fake[:, t], real[:, t]) for t in range(4)], 1)  # [B, T]
+        expected = torch.stack([per_frame[b][frames[b]].mean() for b in range(2)])
+        torch.testing.assert_close(metric(fake, real, frames=frames), expected)
+    assert psnr(fake, real)[0] == math.inf  # all frames: the perfect one makes it infinite
+    assert math.isfinite(psnr(fake, real, frames=frames)[0])  # left out, it does not
+    with pytest.raises(ValueError, match="selecting >= 1 frame"):
+        psnr(fake, real, frames=torch.zeros(2, 4, dtype=torch.bool))
