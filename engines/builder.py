@@ -42,6 +42,7 @@ from fastdavs.engines.export import (
     checkpoint_dir,
     export_frames,
     export_identity,
+    identity_shapes,
     reference_model,
 )
 from fastdavs.engines.parity import measure
@@ -212,7 +213,8 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
         versions["tensorrt"] = extra.pop("tensorrt")
     build = dataclasses.asdict(cfg)
     build["batch"] = list(cfg.batch)
-    s, c2 = model.cfg.image_size, model.cfg.ch(160)
+    s = model.cfg.image_size
+    identity = identity_shapes(model.cfg)
     return {
         "format": engine_dir.FORMAT,
         "format_version": engine_dir.FORMAT_VERSION,
@@ -226,15 +228,14 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
             "identity": {
                 "precision": "fp32",
                 "inputs": {"images": ["B", 3, s, s]},
-                "outputs": {"pid": ["B", model.cfg.pid_dim], "skip": ["B", c2, s // 8, s // 8]},
+                "outputs": {name: ["B", *shape] for name, shape in identity.items()},
             },
             "frames": {
                 "precision": cfg.precision,
                 "compute_dtype": str(DTYPES.get(cfg.precision, "int8 QDQ")).removeprefix("torch."),
                 "inputs": {
                     "mfcc": ["N", model.cfg.mfcc_steps, model.cfg.mfcc_coeffs],
-                    "pid": [1, model.cfg.pid_dim],
-                    "skip": [1, c2, s // 8, s // 8],
+                    **{name: [1, *shape] for name, shape in identity.items()},
                 },
                 "outputs": {"frames": ["N", 3, s, s]},
             },

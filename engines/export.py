@@ -1,12 +1,15 @@
 """Export of the per-frame generator to ONNX: the first step of `fastdavs-build-engine`.
 
     checkpoint ──reference_model──► DavsModel (eval, kernel_backend "ref")
-        ├─IdentityGraph─► identity.onnx  images [B, 3, S, S]
-        │                                 ─► pid [B, pid_dim], skip [B, C2, S/8, S/8]
-        └─FrameGraph────► frames.onnx    mfcc [N, 20, 12], pid [1, pid_dim], skip [1, C2, S/8, S/8]
-                                          ─► frames [N, 3, S, S]           (C2 = ch(160))
+        ├─IdentityGraph─► identity.onnx  images [B, 3, S, S] ─► the identity tensors [B, ...]
+        └─FrameGraph────► frames.onnx    mfcc [N, 20, 12], the identity tensors [1, ...]
+                                          ─► frames [N, 3, S, S]
 
-The split follows the generator's data flow: the identity features of a face are computed once
+The identity tensors are what the generator's per-frame `decode` reads of a face
+(`identity_shapes`): for the davs decoder pid [pid_dim] and skip [C2, S/8, S/8] (C2 = ch(160),
+the identity encoder's outputs); for the mouth editor image [3, S, S] (the face itself, which
+the edit is pasted into) and skip1..skip3 (its encoding of the edit box, `EditorIdentity`).
+The split follows the generator's data flow: the identity tensors of a face are computed once
 and cached; every video frame then costs one pass of the audio encoder and the generator.
 The frame graph takes MFCC windows, not word-ID vectors, so an engine goes from audio to frames
 with nothing but the MFCC front end in front of it; the audio encoder costs little (0.7% of the
@@ -35,35 +38,59 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fastdavs.checkpoint import CHECKPOINTS, CONFIG, MODEL, latest_checkpoint, load_model
+from fastdavs.config import DavsConfig
 from fastdavs.errors import CheckpointError
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.model.layers import TemporalConv1d
+from fastdavs.model.mouth_editor import identity_shapes as editor_identity_shapes
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 MFCC_STD = 4.0  # std of DAVS MFCC windows (measured on SynthLRW shards: 4.0 over all coefficients)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-IDENTITY_IO = (["images"], ["pid", "skip"])
-FRAME_IO = (["mfcc", "pid", "skip"], ["frames"])
+
+
+def identity_shapes(cfg: DavsConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape (no batch axis) of one face's identity tensors, in the order the identity
+    graph outputs them and the frame graph reads them after `mfcc`."""
+    if cfg.generator == "mouth_editor":
+        return editor_identity_shapes(cfg)
+    s = cfg.image_size
+    return {"pid": (cfg.pid_dim,), "skip": (cfg.ch(160), s // 8, s // 8)}
+
+
+def decode_frames(
+    generator: nn.Module, identity: Sequence[torch.Tensor], wid: torch.Tensor
+) -> torch.Tensor:
+    """Frames of one face: its identity tensors (batch 1, as `IdentityGraph` gives them) are
+    broadcast to the N rows of wid [N, word_dim] -> generator.decode -> frames [N, 3, S, S]."""
+    n = wid.shape[0]
+    return generator.decode(*(t.expand(n, *t.shape[1:]) for t in identity), wid)
 
 
 class IdentityGraph(nn.Module):
-    """The identity encoder's outputs that the generator reads.
+    """What the generator's `decode` reads of a face (see `identity_shapes`).
 
-    images [B, 3, S, S] in [0, 1] -> pid [B, pid_dim], skip [B, ch(160), S/8, S/8]."""
+    images [B, 3, S, S] in [0, 1] -> (pid [B, pid_dim], skip [B, ch(160), S/8, S/8]) for the
+    davs decoder, (image, skip1, skip2, skip3) (`EditorIdentity`) for the mouth editor."""
 
     def __init__(self, model: DavsModel):
         super().__init__()
-        self.encoder = model.identity_encoder
+        # Only the module whose outputs are kept, so export traces nothing else.
+        self.edits = isinstance(model.generator, MouthEditor)
+        self.encoder = model.generator if self.edits else model.identity_encoder
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.edits:
+            return tuple(self.encoder.encode(images))
         features = self.encoder(images)
         return features.vec, features.net2
 
@@ -71,8 +98,8 @@ class IdentityGraph(nn.Module):
 class FrameGraph(nn.Module):
     """Audio encoder + generator for N frames of one identity, computed in `dtype`.
 
-    mfcc [N, 20, 12], pid [1, pid_dim], skip [1, ch(160), S/8, S/8] (float32)
-    -> frames [N, 3, S, S] float32 in [0, 1]."""
+    mfcc [N, 20, 12], the identity tensors [1, ...] (float32) -> frames [N, 3, S, S] float32
+    in [0, 1]."""
 
     def __init__(self, model: DavsModel, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -82,12 +109,10 @@ class FrameGraph(nn.Module):
             modules = tuple(copy.deepcopy(m).to(dtype) for m in modules)
         self.audio_encoder, self.generator = modules
 
-    def forward(self, mfcc: torch.Tensor, pid: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, mfcc: torch.Tensor, *identity: torch.Tensor) -> torch.Tensor:
         wid = self.audio_encoder(mfcc.to(self.dtype))  # [N, word_dim]
-        n = wid.shape[0]
-        pid = pid.to(self.dtype).expand(n, -1)  # [N, pid_dim]
-        skip = skip.to(self.dtype).expand(n, -1, -1, -1)  # [N, C2, S/8, S/8]
-        return self.generator.decode(pid, skip, wid).float()  # [N, 3, S, S]
+        identity = tuple(t.to(self.dtype) for t in identity)
+        return decode_frames(self.generator, identity, wid).float()  # [N, 3, S, S]
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -135,7 +160,8 @@ def export_identity(model: DavsModel, path: Path, opset: int = OPSET) -> Path:
     """identity.onnx with a dynamic batch axis B."""
     s = model.cfg.image_size
     images = torch.rand(1, 3, s, s)
-    _export(IdentityGraph(model), (images,), path, IDENTITY_IO, {"images": {0: "B"}}, opset)
+    io = (["images"], list(identity_shapes(model.cfg)))
+    _export(IdentityGraph(model), (images,), path, io, {"images": {0: "B"}}, opset)
     return path
 
 
@@ -145,10 +171,11 @@ def export_frames(model: DavsModel, path: Path, precision: str = "fp32", opset=O
         raise ValueError(f"export_frames: precision {precision!r} is not one of {list(DTYPES)}")
     cfg = model.cfg
     with torch.no_grad():
-        pid, skip = IdentityGraph(model)(torch.rand(1, 3, cfg.image_size, cfg.image_size))
+        identity = IdentityGraph(model)(torch.rand(1, 3, cfg.image_size, cfg.image_size))
     mfcc = MFCC_STD * torch.randn(2, cfg.mfcc_steps, cfg.mfcc_coeffs)
     graph = FrameGraph(model, DTYPES[precision])
-    _export(graph, (mfcc, pid, skip), path, FRAME_IO, {"mfcc": {0: "N"}}, opset)
+    io = (["mfcc", *identity_shapes(cfg)], ["frames"])
+    _export(graph, (mfcc, *identity), path, io, {"mfcc": {0: "N"}}, opset)
     return path
 
 

@@ -54,7 +54,7 @@ def optimize(src: Path, dst: Path, threads: int = 0) -> Path:
 
 
 class OnnxRuntimeSession:
-    """One saved graph, ready to run: `run({name: tensor}) -> [output tensors]` (CPU, float32)."""
+    """One saved graph, ready to run: `run({name: tensor}) -> {name: output}` (CPU, float32)."""
 
     def __init__(self, path: Path, threads: int = 0, profile: str | None = None):
         ort = import_onnxruntime()
@@ -79,12 +79,13 @@ class OnnxRuntimeSession:
             for i in self.session.get_inputs()
         }
 
-    def run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         arrays = {
             name: np.ascontiguousarray(t.detach().cpu().float().numpy())
             for name, t in feeds.items()
         }
-        return [torch.from_numpy(a) for a in self.session.run(self.outputs, arrays)]
+        results = self.session.run(self.outputs, arrays)
+        return {name: torch.from_numpy(a) for name, a in zip(self.outputs, results, strict=True)}
 
 
 def host_cpu() -> str:

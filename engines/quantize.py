@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastdavs.engines.errors import BackendUnavailable
-from fastdavs.engines.export import IdentityGraph
+from fastdavs.engines.export import IdentityGraph, identity_shapes
 from fastdavs.engines.parity import random_inputs
 from fastdavs.model import DavsModel
 
@@ -53,9 +53,10 @@ def quantize_int8(
     for _ in range(CALIBRATION_IDENTITIES):
         images, mfcc = random_inputs(model.cfg, per_identity, generator)
         with torch.no_grad():
-            pid, skip = IdentityGraph(model)(images)
+            identity = IdentityGraph(model)(images)
+        feeds = {n: t.numpy() for n, t in zip(identity_shapes(model.cfg), identity, strict=True)}
         for chunk in mfcc.split(CALIBRATION_BATCH):
-            batches.append({"mfcc": chunk.numpy(), "pid": pid.numpy(), "skip": skip.numpy()})
+            batches.append({"mfcc": chunk.numpy(), **feeds})
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -13,23 +13,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from fastdavs.config import DavsConfig
 from fastdavs.engines.engine_dir import CONFIG, GRAPHS, artifact_name, read_config
 from fastdavs.engines.errors import EngineError
-from fastdavs.engines.export import checkpoint_digest, checkpoint_dir
+from fastdavs.engines.export import checkpoint_digest, checkpoint_dir, identity_shapes
 
 log = logging.getLogger(__name__)
 
 
-class IdentityCache(NamedTuple):
-    """What the frame graph reads of a face; S = image_size, C2 = ch(160)."""
+class IdentityCache(tuple):
+    """What the frame graph reads of B faces: the identity graph's outputs [B, ...], in its
+    order (`fastdavs.engines.export.identity_shapes`): (pid, skip) for the davs decoder,
+    (image, skip1, skip2, skip3) for the mouth editor. `IdentityCache(pid, skip)` builds one."""
 
-    pid: torch.Tensor  # [B, pid_dim]
-    skip: torch.Tensor  # [B, C2, S/8, S/8]
+    def __new__(cls, *tensors: torch.Tensor) -> IdentityCache:
+        return super().__new__(cls, tensors)
+
+    def face(self, i: int) -> IdentityCache:
+        """The cache of face i alone (what `frames` takes)."""
+        return IdentityCache(*(t[i : i + 1] for t in self))
 
 
 class Engine:
@@ -43,6 +48,7 @@ class Engine:
         self.precision: str = meta["build"]["precision"]
         self.max_batch: int = meta["build"]["batch"][2]
         self.sessions = sessions
+        self.identity_names = tuple(identity_shapes(self.config))
         self._check_inputs()
 
     def __repr__(self) -> str:
@@ -64,7 +70,7 @@ class Engine:
                 f"{list(images.shape)}"
             )
         parts = [self.sessions["identity"].run({"images": chunk}) for chunk in self._chunks(images)]
-        return IdentityCache(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return IdentityCache(*(torch.cat([p[n] for p in parts]) for n in self.identity_names))
 
     def frames(self, mfcc, identity: IdentityCache) -> torch.Tensor:
         """mfcc [N, 20, 12] windows of one identity's clip -> frames [N, 3, S, S] in [0, 1]."""
@@ -75,30 +81,31 @@ class Engine:
             raise EngineError(
                 f"frames: mfcc must be [N, 20, 12] with N >= 1, got {list(mfcc.shape)}"
             )
-        pid, skip = identity
-        if len(pid) != 1:
+        if len(identity) != len(self.identity_names):
             raise EngineError(
-                f"frames: decodes one identity per call, got features of {len(pid)}; "
-                "pass IdentityCache(pid[i:i+1], skip[i:i+1])"
+                f"frames: this engine's frame graph reads {', '.join(self.identity_names)} of "
+                f"a face, got {len(identity)} tensors; pass what its identity() returned"
             )
+        if len(identity[0]) != 1:
+            raise EngineError(
+                f"frames: decodes one identity per call, got features of {len(identity[0])}; "
+                "pass identity.face(i)"
+            )
+        feeds = dict(zip(self.identity_names, identity, strict=True))
         session = self.sessions["frames"]
-        parts = [
-            session.run({"mfcc": chunk, "pid": pid, "skip": skip})[0]
-            for chunk in self._chunks(mfcc)
-        ]
+        parts = [session.run({"mfcc": chunk, **feeds})["frames"] for chunk in self._chunks(mfcc)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _check_inputs(self) -> None:
         """The artifacts' input shapes must be those of the model in config.json (an edited
         config.json would otherwise feed the graphs wrong shapes)."""
         cfg = self.config
-        s, c2 = cfg.image_size, cfg.ch(160)
+        s = cfg.image_size
         expected = {
             "identity": {"images": (None, 3, s, s)},
             "frames": {
                 "mfcc": (None, cfg.mfcc_steps, cfg.mfcc_coeffs),
-                "pid": (1, cfg.pid_dim),
-                "skip": (1, c2, s // 8, s // 8),
+                **{name: (1, *shape) for name, shape in identity_shapes(cfg).items()},
             },
         }
         for graph, inputs in expected.items():

@@ -163,7 +163,7 @@ def _describe(error) -> str:
 
 
 class TensorRTSession:
-    """One plan, ready to run: `run({name: tensor}) -> [output tensors]` (CUDA tensors)."""
+    """One plan, ready to run: `run({name: tensor}) -> {name: output}` (CUDA tensors)."""
 
     def __init__(self, path: Path):
         self.trt = trt = import_tensorrt()
@@ -188,7 +188,7 @@ class TensorRTSession:
             for n in self.inputs
         }
 
-    def run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stream = torch.cuda.current_stream()
         keep = []  # inputs stay referenced until the launch is queued
         for name in self.inputs:
@@ -197,12 +197,12 @@ class TensorRTSession:
             if not self.context.set_input_shape(name, tuple(t.shape)):
                 raise EngineError(f"input {name}: shape {tuple(t.shape)} is outside the profile")
             self.context.set_tensor_address(name, t.data_ptr())
-        outputs = []
+        outputs = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             out = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
             self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
+            outputs[name] = out
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT execution failed (its log above says why)")
         return outputs

@@ -5,11 +5,12 @@
                       -o OUT.mp4 [--paste-back] [--engine DIR] [--batch-size N] ...
 
 Data flow (DESIGN.md): FACE ──load_face (Haar, 3-point alignment)──► aligned crop ──identity──►
-cached pid + skip features; AUDIO ──16 kHz, MFCC──► one window per 25 fps frame (AudioDriver),
-or VIDEO ──Haar, smoothed alignment──► one aligned face per frame (VideoDriver); then, a batch at
-a time, word encoder + generator (`Synthesizer`, eager or engine) ──► frames, pasted back into
-the face's picture with `--paste-back` ──► H.264 mp4 with the speech muxed in (`Mp4Writer`,
-written to a temporary name and renamed at the end: nothing is left at OUT on failure).
+the generator's cached per-face features; AUDIO ──16 kHz, MFCC──► one window per 25 fps frame
+(AudioDriver), or VIDEO ──Haar, smoothed alignment──► one aligned face per frame (VideoDriver);
+then, a batch at a time, word encoder + generator (`Synthesizer`, eager or engine) ──► frames,
+pasted back into the face's picture with `--paste-back` ──► H.264 mp4 with the speech muxed in
+(`Mp4Writer`, written to a temporary name and renamed at the end: nothing is left at OUT on
+failure).
 """
 
 from __future__ import annotations
@@ -195,9 +196,10 @@ HELP = {
     "wid_scale": "multiply the word-ID features by this before the generator: above 1 "
     "exaggerates the mouth motion, below 1 damps it (the original used 1.5 for audio and 0.8 "
     "for video); eager only",
-    "finetune_steps": "before generating, fine-tune the identity encoder and generator for "
-    "this many Adam steps (lr 2e-4) to redraw FACE from its first 5 speech features: a sharper "
-    "likeness at the cost of a few training steps (the original did 5); eager only",
+    "finetune_steps": "before generating, fine-tune the identity encoder and generator (the "
+    "mouth editor alone, with that generator) for this many Adam steps (lr 2e-4) to redraw FACE "
+    "from its first 5 speech features: a sharper likeness at the cost of a few training steps "
+    "(the original did 5); eager only",
     "batch_size": "frames per model pass (memory grows with it)",
     "device": "cpu, cuda or cuda:N (eager only)",
     "amp": "reduced-precision autocast: fp16 on CUDA, bf16 on CPUs that run it natively "

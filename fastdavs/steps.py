@@ -1,11 +1,14 @@
-"""The losses of the three DAVS training stages, composed from the model and `fastdavs.losses`.
+"""The losses of the DAVS training stages, composed from the model and `fastdavs.losses`.
 
-    pid  identity pretraining:   CE(IdentityClassifier(E_p(frame)), person)
-    wid  shared word space:      CE_a + CE_v (shared classifier) + contrastive + modality flip;
-                                 D side: the modality discriminator
-    gen  joint generation:       everything of spec/davs.md §2.8 (G) and its D side
+    pid     identity pretraining:  CE(IdentityClassifier(E_p(frame)), person)
+    wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip;
+                                   D side: the modality discriminator
+    render  the generator alone:   reconstruction (audio- and video-driven) + smoothness, on
+                                   frozen encoders (not in the original; 0 steps in `paper`)
+    gen     joint generation:      everything of spec/davs.md §2.8 (G) and its D side
 
-Each stage is one `forward` (the shared activations) then a discriminator-side loss on detached
+`pid` and `render` have no D side: one loss (`ONE_SIDED`), one optimiser step. `wid` and `gen`
+are one `forward` (the shared activations) then a discriminator-side loss on detached
 activations and a generator-side loss; the trainer steps D first, then G, as the original
 `optimize_parameters`. A batch is what `fastdavs.data.dataset.DavsDataset` yields (collated):
 identity [B,3,S,S], frames [B,L,3,S,S], mfcc [B,L,20,12], gen_start [B], adv_frames [B,P,3,S,S],
@@ -15,10 +18,13 @@ parts maps a loss name to its unweighted value (detached), for logging.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import take_run
@@ -31,9 +37,9 @@ from fastdavs.losses import (
     smoothness_loss,
     uniform_softmax_loss,
 )
-from fastdavs.model import DavsModel, IdentityFeatures
+from fastdavs.model import DavsModel, EncodedIdentity
 
-STAGES = ("pid", "wid", "gen")
+STAGES = ("pid", "wid", "render", "gen")
 SOFT_LABELS = 0.1  # discriminator targets: real 1 - U(0, 0.1), fake U(0, 0.1)
 
 Parts = dict[str, torch.Tensor]
@@ -79,16 +85,63 @@ def pid_loss(model: DavsModel, batch: dict) -> tuple[torch.Tensor, Parts]:
     """Identity classification of the identity frame and the adversary frames of each clip."""
     frames = torch.cat((batch["identity"][:, None], batch["adv_frames"]), 1)  # [B, 1+P, 3, S, S]
     labels = batch["identity_label"][:, None].expand(frames.shape[:2]).flatten()
-    logits = model.identity_classifier(model.encode_identity(frames.flatten(0, 1)).vec)
+    logits = model.identity_classifier(model.identity_encoder(frames.flatten(0, 1)).vec)
     ce = _person_ce(logits, labels)
     return ce, {"pid_ce": ce.detach()}
+
+
+# ---- render ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Run `modules` as fixed functions: eval mode (BatchNorm reads its running statistics and
+    leaves them alone) and no parameter gradients, so autograd records nothing of them.
+    Their modes and requires_grad flags are restored afterwards."""
+    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+    for m in modules:
+        m.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training, flags in saved:
+            m.train(training)
+            for p, flag in zip(m.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+
+
+def render_loss(model: DavsModel, batch: dict) -> tuple[torch.Tensor, Parts]:
+    """The generator alone, on the word-ID features the wid stage learnt: audio- and
+    video-driven generation of the same run of G frames as `gen`, scored by the reconstruction
+    loss (full frame + mouth box) and the smoothness loss, with no adversary. The identity,
+    audio and video encoders are frozen (`frozen`), so a step costs their forward passes over
+    G frames per clip and the generator's forward and backward."""
+    cfg, w = model.cfg, model.cfg.loss
+    g, start = cfg.gan_frames, batch["gen_start"]
+    real = take_run(batch["frames"], start, g)  # [B, G, 3, S, S]
+    with frozen(model.identity_encoder, model.audio_encoder, model.video_encoder):
+        wid_a = model.encode_audio(take_run(batch["mfcc"], start, g))  # [B, G, D]
+        wid_v = model.encode_video(real)  # [B, G, D]
+        ident = model.encode_identity(batch["identity"])  # the generator's own half trains
+    fake_a = model.generate(ident, wid_a)  # [B, G, 3, S, S]
+    fake_v = model.generate(ident, wid_v)
+    box = cfg.mouth_box_px
+    rec = (box, w.reconstruction, w.reconstruction_mouth)
+    return _sum(
+        [
+            (1.0, "rec_audio", reconstruction_loss(fake_a, real, *rec)),
+            (1.0, "rec_video", reconstruction_loss(fake_v, real, *rec)),
+            (w.smoothness, "smoothness", smoothness_loss(fake_a, batch["identity"], box)),
+        ]
+    )
+
+
+ONE_SIDED = {"pid": pid_loss, "render": render_loss}  # stages without a discriminator side
 
 
 # ---- wid and gen: shared forward ---------------------------------------------------------------
 class Forward(NamedTuple):
     wid_v: torch.Tensor  # [B, L, D] video word-ID features
     wid_a: torch.Tensor  # [B, L, D] audio word-ID features
-    ident: IdentityFeatures | None  # of the identity frame (gen only)
+    ident: EncodedIdentity | None  # of the identity frame (gen only)
     net1: torch.Tensor | None  # [B, P, C1, h, w] identity features of the adversary frames
     fake_a: torch.Tensor | None  # [B, G, 3, S, S] audio-driven generation of the gan run
     fake_v: torch.Tensor | None  # [B, G, 3, S, S] video-driven

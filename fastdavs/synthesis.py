@@ -6,10 +6,12 @@
     frames = synth.frames(mfcc, ident)              # mfcc [N, 20, 12] -> frames [N, 3, S, S]
     frames = synth.frames_from_video(faces, ident)  # aligned faces [N, 3, S, S] (eager only)
 
-The split is the engines' (DESIGN.md, Engines): the identity encoder runs once per face and its
-pid vector and skip features (`IdentityCache`) are reused for every frame; each frame then costs
-one word encoder pass and one generator pass. Frames are decoded `batch_size` at a time, so any
-number of frames runs in bounded memory; outputs are float32 on the CPU, clamped to [0, 1].
+The split is the engines' (DESIGN.md, Engines): what the generator reads of a face (the
+identity encoder's pid vector and skip for the davs decoder, the identity image and the mouth
+editor's encoding of its edit box for the editor: `IdentityCache`) is computed once per face
+and reused for every frame; each frame then costs one word encoder pass and one generator pass.
+Frames are decoded `batch_size` at a time, so any number of frames runs in bounded memory;
+outputs are float32 on the CPU, clamped to [0, 1].
 
 The original's two test-time hacks (spec/davs.md §4) are options here, off by default:
 - `wid_scale`: the word-ID vectors are multiplied by it before the generator. The original used
@@ -18,7 +20,9 @@ The original's two test-time hacks (spec/davs.md §4) are options here, off by d
 - `finetune`: a few Adam steps on the identity encoder and the generator so that the generator
   redraws this one face from its own speech features (one-shot adaptation; the original's 5
   steps at lr 2e-4 with a fresh optimiser every step). It sharpens the identity at the cost of
-  a few forward+backward passes before generation. Eager only.
+  a few forward+backward passes before generation. With the mouth editor only the editor is
+  tuned (it does not read the identity encoder), towards this face's jaw, chin and cheeks: the
+  rest of the frame is the face's own pixels already. Eager only.
 
 Both change what the engines' frame graph computes, so an engine refuses them (`OptionError`).
 Dimension letters: N frames, S = image_size, D word_dim.
@@ -35,11 +39,11 @@ import torch
 
 from fastdavs.checkpoint import load_model
 from fastdavs.config import DavsConfig
-from fastdavs.engines.export import IdentityGraph
+from fastdavs.engines.export import IdentityGraph, decode_frames
 from fastdavs.engines.runtime import IdentityCache
 from fastdavs.errors import OptionError
 from fastdavs.losses import mouth_mask
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, MouthEditor
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +188,13 @@ class Synthesizer:
     @torch.inference_mode()
     def identity(self, face) -> IdentityCache:
         """face [3, S, S] float in [0, 1] (or [S, S, 3] uint8) -> IdentityCache of one face
-        (pid [1, pid_dim], skip [1, C2, S/8, S/8])."""
+        (its tensors have batch 1; `fastdavs.engines.export.identity_shapes` names them)."""
         x = self._faces(face, "identity")[:1]
         if self.engine is not None:
             return self.engine.identity(x)
         with self._autocast():
-            pid, skip = IdentityGraph(self.model)(x.to(self.device))
-        return IdentityCache(pid.float(), skip.float())
+            identity = IdentityGraph(self.model)(x.to(self.device))
+        return IdentityCache(*(t.float() for t in identity))
 
     def _check_scale(self, wid_scale: float) -> None:
         if self.engine is not None and wid_scale != 1.0:
@@ -238,19 +242,17 @@ class Synthesizer:
 
     def _decode(self, encoder, x: torch.Tensor, identity: IdentityCache, wid_scale: float):
         """One batch through a word encoder and the generator: x [n, ...] -> [n, 3, S, S]."""
-        pid, skip = (t.to(self.device) for t in identity)
+        identity = [t.to(self.device) for t in identity]
         with self._autocast():
             wid = encoder(x.to(self.device)) * wid_scale  # [n, D]
-            n = len(wid)
-            return self.model.generator.decode(
-                pid.expand(n, -1), skip.expand(n, -1, -1, -1), wid
-            ).cpu()
+            return decode_frames(self.model.generator, identity, wid).cpu()
 
     def finetune(self, face, *, mfcc=None, video=None, steps: int = 5, lr: float = FINETUNE_LR):
         """One-shot adaptation to `face` before generating (the original's test-time fine-tune).
 
         `steps` Adam steps, each with a fresh optimiser (as the original), update the identity
-        encoder and the generator so that the generator redraws `face` from speech features:
+        encoder and the generator (the mouth editor alone, where it is the generator: it does
+        not read the identity encoder) so that the generator redraws `face` from speech features:
         the first 5 MFCC windows of the driving audio (`mfcc` [N, 20, 12]) or the first 5
         aligned frames of the driving video (`video` [N, 3, S, S]). The loss is the original's,
         4 x L1 on the 0-255 scale with the mouth box weighted 0.001 (the face's own mouth is not
@@ -280,20 +282,18 @@ class Synthesizer:
                 driver = torch.as_tensor(mfcc, dtype=torch.float32)[:FINETUNE_WINDOWS].to(dev)
                 wid = model.audio_encoder(driver)
         wid = wid.clone()  # [n, D], an ordinary tensor autograd may read
-        n = len(wid)
         s = cfg.image_size
         weight = 1 - (1 - FINETUNE_MOUTH_WEIGHT) * mouth_mask(s, s, cfg.mouth_box_px, device=dev)
-        modules = (model.identity_encoder, model.generator)
+        editor = isinstance(model.generator, MouthEditor)  # it does not read the identity encoder
+        modules = [model.generator] if editor else [model.identity_encoder, model.generator]
         params = [p for m in modules for p in m.parameters()]
         for p in params:
             p.requires_grad_(True)
         try:
             for step in range(steps):
                 opt = torch.optim.Adam(params, lr=lr)  # fresh each step, as the original
-                pid, skip = IdentityGraph(model)(real)
-                fake = model.generator.decode(
-                    pid.expand(n, -1), skip.expand(n, -1, -1, -1), wid
-                )  # [n, 3, S, S]
+                identity = IdentityGraph(model)(real)
+                fake = decode_frames(model.generator, identity, wid)  # [n, 3, S, S]
                 loss = FINETUNE_WEIGHT * ((fake - real) * 255 * weight).abs().mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

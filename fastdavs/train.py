@@ -1,4 +1,4 @@
-"""`python -m fastdavs.train` / `fastdavs-train`: the three DAVS training stages (pid, wid, gen).
+"""`python -m fastdavs.train` / `fastdavs-train`: the DAVS training stages (pid, wid, render, gen).
 
 With no --data, the embedded SynthLRW set is generated once into the cache
 (`$FASTDAVS_CACHE`, default ~/.cache/fastdavs) and prepared for the preset, then trained on.
@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description="Train DAVS end to end: identity pretraining (pid), the shared word space "
-        "(wid), then joint generation with adversarial disentangling (gen). With no --data, the "
-        "embedded SynthLRW data set is generated once and used.",
+        "(wid), the generator alone on the frozen word space (render; 0 steps in the paper "
+        "preset), then joint generation with adversarial disentangling (gen). With no --data, "
+        "the embedded SynthLRW data set is generated once and used.",
     )
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / fp16 (CUDA)")
     parser.add_argument("--data", metavar="DIR", help="shards from fastdavs-prepare")

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 STAGE_MODULES = {
     "pid": (("identity_encoder", "identity_classifier"), ()),
     "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
+    "render": (("generator",), ()),
     "gen": (
         ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
         (
@@ -121,11 +122,12 @@ class TrainStep:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def __call__(self, stage: str, batch: dict) -> dict[str, float] | None:
-        """One D step then one G step; returns the loss parts, or None if the step was skipped."""
+        """One D step then one G step (only the G step for `steps.ONE_SIDED` stages); returns
+        the loss parts, or None if the step was skipped."""
         parts: dict[str, float] = {}
-        if stage == "pid":
+        if stage in steps.ONE_SIDED:
             with nvtx.annotate("forward", color="green"), self.autocast():
-                loss, p = steps.pid_loss(self.model, batch)
+                loss, p = steps.ONE_SIDED[stage](self.model, batch)
             ok = self._apply("g", loss, p, parts)
             return parts if ok else None
         with nvtx.annotate("forward", color="green"), self.autocast():

@@ -9,9 +9,10 @@ Each stage has its own Adam optimisers (lr and betas from `cfg.optim`): `pid` tr
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
 classifier (G) against the modality discriminator (D); `render` the generator alone on the
 frozen encoders (G only); `gen` the whole generator side (G) against every discriminator and
-adversary (D). A stage scheduled for 0 steps is passed over (`render` in the paper preset). A step with a non-finite loss or gradient is
-skipped and counted; `schedule.max_bad_steps` in a row stop the run with a message naming the
-step and the loss, leaving the last good checkpoint as it was.
+adversary (D). A stage scheduled for 0 steps is passed over (`render` in the paper preset).
+A step with a non-finite loss or gradient is skipped and counted; `schedule.max_bad_steps` in
+a row stop the run with a message naming the step and the loss, leaving the last good
+checkpoint as it was.
 
 Resuming restores model, optimisers, RNG states and the data position (epoch and items
 consumed), and items are a pure function of (seed, epoch, index), so on CPU a resumed run's

@@ -376,11 +376,15 @@ def test_other_architecture_is_refused_with_the_shapes(tmp_path):
 
 
 def test_optimizer_mismatches_are_refused_before_anything_changes(tmp_path):
-    model, opts, _ = _trainable()
+    # The davs decoder: one step gives parameter 0 (the identity encoder's first) Adam state.
+    # The mouth editor reads no pid features and, at step 0, passes no gradient beyond its
+    # zero-initialised output layer.
+    cfg = DavsConfig.from_preset("tiny", generator="davs")
+    model, opts, _ = _trainable(cfg)
     _train_step(model, opts["g"], opts["d"])
     path = save_checkpoint(tmp_path, "step_000001", model, {"g": opts["g"]})
     where = path / "optim.json"
-    fresh = DavsModel(TINY)
+    fresh = DavsModel(cfg)
     before = fresh.state_dict()
     n = len(opts["g"].param_groups[0]["params"])
     cases = [

@@ -1,10 +1,13 @@
-"""DavsConfig: presets, derived values, JSON round trip, validation messages."""
+"""DavsConfig: presets, derived values, JSON round trip, validation messages, the generator
+choice and the mouth editor's edit box."""
 
+import argparse
 import dataclasses
 import json
 
 import pytest
 
+from fastdavs.cli import add_config_args, config_from_args
 from fastdavs.config import PRESETS, ConfigError, DavsConfig
 
 
@@ -105,3 +108,89 @@ def test_unknown_preset():
         ConfigError, match="unknown preset 'huge': choose one of paper, small, tiny"
     ):
         DavsConfig.from_preset("huge")
+
+
+# ---- generator choice and the mouth editor's edit box ------------------------------------------
+def test_generator_defaults_keep_old_configs_on_the_original_decoder(tmp_path):
+    assert DavsConfig.from_preset("paper").generator == "davs"
+    assert DavsConfig.from_preset("paper").schedule.render_steps == 0  # the original's schedule
+    for name in ("small", "tiny"):
+        cfg = DavsConfig.from_preset(name)
+        assert cfg.generator == "mouth_editor" and cfg.schedule.render_steps > 0
+    # A config.json written before these fields existed means the original decoder, no render.
+    data = DavsConfig.from_preset("small").to_dict()
+    for key in ("generator", "edit_box", "edit_feather"):
+        del data[key]
+    del data["schedule"]["render_steps"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    old = DavsConfig.load(path)
+    assert old.generator == "davs" and old.schedule.render_steps == 0
+    assert old.edit_box == DavsConfig().edit_box
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128, 256, 512, 1024])
+def test_edit_box_pixels_halve_twice_and_contain_the_mouth(image_size):
+    cfg = DavsConfig.from_preset(
+        "paper", image_size=image_size, hourglass_depth=1, generator="mouth_editor"
+    )
+    top, bottom, left, right = cfg.edit_box_px
+    assert all(edge % 4 == 0 for edge in cfg.edit_box_px)
+    assert 0 <= top < bottom <= image_size and 0 <= left < right <= image_size
+    # Rounded outwards: the pixel box holds the fractional one.
+    s = image_size
+    assert top <= cfg.edit_box[0] * s and bottom >= cfg.edit_box[1] * s
+    assert left <= cfg.edit_box[2] * s and right >= cfg.edit_box[3] * s
+    m_top, m_bottom, m_left, m_right = cfg.mouth_box_px
+    f = cfg.edit_feather_px
+    assert m_top - top >= f and m_left - left >= f and right - m_right >= f
+    assert bottom == s  # the chin side runs to the frame's edge: no ramp there
+
+
+def test_edit_box_pixels_at_the_presets():
+    assert DavsConfig.from_preset("small").edit_box_px == (32, 64, 8, 56)
+    assert DavsConfig.from_preset("small").edit_feather_px == 4
+    assert DavsConfig.from_preset("tiny").edit_box_px == (16, 32, 4, 28)
+    # Rounding outwards to multiples of 4: 0.3 * 64 = 19.2 -> 16, 0.9 * 64 = 57.6 -> 60.
+    cfg = DavsConfig.from_preset("small", edit_box=(0.3, 0.95, 0.11, 0.9))
+    assert cfg.edit_box_px == (16, 64, 4, 60)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"generator": "unet"}, "generator='unet': choose one of davs, mouth_editor"),
+        ({"edit_box": (0.9, 0.5, 0.1, 0.9)}, r"edit_box=\(0.9, 0.5, 0.1, 0.9\): \(top, bottom"),
+        ({"edit_feather": 0.0}, "edit_feather=0.0: must be in"),
+        # The mouth box (rows 42:58, cols 16:48 at 64 px) sticks out of this one ...
+        ({"edit_box": (0.7, 1.0, 0.125, 0.875)}, r"edit_box=.*must contain mouth_box"),
+        # ... or holds it with 2 px above it (rows from 40), not the 4 px of the blend ramp.
+        ({"edit_box": (0.625, 1.0, 0.125, 0.875)}, r"edit_box=.*\(4 px\) to spare"),
+        ({"edit_feather": 0.25}, r"with at least edit_feather \(16 px\)"),
+    ],
+)
+def test_invalid_editor_values_name_the_field(change, message):
+    with pytest.raises(ConfigError, match=message):
+        DavsConfig.from_preset("small", **change)
+
+
+def test_edit_box_is_only_checked_against_the_mouth_for_the_editor():
+    cfg = DavsConfig.from_preset("paper", edit_box=(0.8, 1.0, 0.4, 0.6))  # davs: unused
+    assert cfg.generator == "davs"
+    with pytest.raises(ConfigError, match="must contain mouth_box"):
+        DavsConfig.from_preset("paper", edit_box=(0.8, 1.0, 0.4, 0.6), generator="mouth_editor")
+
+
+def test_generator_fields_have_command_line_flags():
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    args = parser.parse_args([
+        "--preset", "small", "--generator", "davs", "--edit-box", "0.5", "1", "0.1", "0.9",
+        "--edit-feather", "0.05", "--schedule-render-steps", "7",
+    ])  # fmt: skip
+    cfg = config_from_args(args)
+    assert (cfg.generator, cfg.edit_box, cfg.edit_feather) == ("davs", (0.5, 1.0, 0.1, 0.9), 0.05)
+    assert cfg.schedule.render_steps == 7 and cfg.schedule.gen_steps == 450  # the preset's
+    args = parser.parse_args(["--preset", "small", "--generator", "gan"])
+    with pytest.raises(ConfigError, match="generator='gan'"):
+        config_from_args(args)

@@ -1,14 +1,16 @@
 """The complete DAVS system on the tiny preset, through `fastdavs.steps`: each stage's
 discriminator side and generator side reach exactly the parameters they own with finite,
-non-zero gradients, and a few Adam steps on a fixed batch lower each stage's loss."""
+non-zero gradients, and a few Adam steps on a fixed batch lower each stage's loss; the
+`render` stage trains the generator alone and leaves the frozen encoders as they were. Both
+generators (the davs decoder and the mouth editor) go through the stages that use them."""
 
 import pytest
 import torch
 
 from fastdavs import steps
 from fastdavs.config import DavsConfig
-from fastdavs.model import DavsModel
-from fastdavs.train_step import ADVERSARIES, TrainStep
+from fastdavs.model import DavsModel, MouthEditor
+from fastdavs.train_step import ADVERSARIES, STAGE_MODULES, TrainStep
 
 B = 3
 
@@ -34,9 +36,19 @@ def _names(model: DavsModel, modules: tuple[str, ...]) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.split(".")[0] in modules}
 
 
-def test_gen_stage_reaches_every_parameter():
-    cfg = DavsConfig.from_preset("tiny")
+def _model(cfg: DavsConfig) -> DavsModel:
+    """DavsModel(cfg) in train mode; a mouth editor's zero-initialised output layer is drawn
+    at random, or no gradient would reach the layers before it (as at a real run's step 0)."""
     model = DavsModel(cfg).train()
+    if isinstance(model.generator, MouthEditor):
+        torch.nn.init.normal_(model.generator.out.weight, std=0.01)
+    return model
+
+
+@pytest.mark.parametrize("generator", ["davs", "mouth_editor"])
+def test_gen_stage_reaches_every_parameter(generator):
+    cfg = DavsConfig.from_preset("tiny", generator=generator)
+    model = _model(cfg)
     batch = _batch(cfg)
     fwd = steps.forward(model, batch, "gen")
     d_loss, d_parts = steps.discriminator_loss(model, fwd, batch)
@@ -61,10 +73,15 @@ def test_gen_stage_reaches_every_parameter():
     assert torch.isfinite(g_loss) and all(torch.isfinite(v) for v in g_parts.values())
     g_loss.backward()
     # The G step reaches the whole generator side (the identity classifier belongs to pid).
+    # The mouth editor reads the identity image, not the pid features: the identity encoder
+    # is then trained through net1 only (the pid -> word adversary's input).
     generator_side = _names(
         model,
         ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
     )
+    if generator == "mouth_editor":
+        unused = ("identity_encoder.stage2", "identity_encoder.stage3", "identity_encoder.stage4")
+        generator_side = {n for n in generator_side if not n.startswith(unused)}
     for name, p in model.named_parameters():
         if name in generator_side:
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any(), name
@@ -88,18 +105,36 @@ def test_wid_and_pid_stages_train_only_their_modules():
     assert parts["pid_ce"] > 0
 
 
-@pytest.mark.parametrize("stage", steps.STAGES)
-def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage):
+def _outside_edit_box_as_identity(cfg: DavsConfig, batch: dict) -> None:
+    """Frames (and adversary frames) of each clip equal to its identity frame outside the edit
+    box: the mouth editor keeps those pixels, so a loss there could not go down."""
+    top, bottom, left, right = cfg.edit_box_px
+    outside = torch.ones(cfg.image_size, cfg.image_size, dtype=torch.bool)
+    outside[top:bottom, left:right] = False
+    for key in ("frames", "adv_frames"):
+        x = batch[key]  # [B, n, 3, S, S]
+        batch[key] = torch.where(outside, batch["identity"][:, None], x)
+
+
+@pytest.mark.parametrize(
+    "stage, generator",
+    [(s, "davs") for s in steps.STAGES] + [("render", "mouth_editor"), ("gen", "mouth_editor")],
+)
+def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, generator):
     torch.manual_seed(0)
-    cfg = DavsConfig.from_preset("tiny")
+    cfg = DavsConfig.from_preset("tiny", generator=generator)
     model = DavsModel(cfg).train()
     batch = _batch(cfg)
-    opt = torch.optim.Adam(model.generator_parameters(), lr=3e-3)
+    lr = 3e-3
+    if generator == "mouth_editor":  # what it cannot change, the frames have as the identity's
+        _outside_edit_box_as_identity(cfg, batch)
+        lr = 1e-3  # the small preset's: with no normalisation layers, 3e-3 is noisy here
+    opt = torch.optim.Adam(model.generator_parameters(), lr=lr)
     losses = []
     for _ in range(15):
         opt.zero_grad(set_to_none=True)
-        if stage == "pid":
-            loss, _ = steps.pid_loss(model, batch)
+        if stage in steps.ONE_SIDED:
+            loss, _ = steps.ONE_SIDED[stage](model, batch)
         else:
             loss, _ = steps.generator_loss(model, steps.forward(model, batch, stage), batch, stage)
         loss.backward()
@@ -125,3 +160,45 @@ def test_adversaries_get_their_own_scaled_learning_rate():
                 assert group["lr"] == pytest.approx(cfg.optim.lr)
     d_params = {id(p) for g in step.optimizers["d"].param_groups for p in g["params"]}
     assert adversaries <= d_params
+
+
+@pytest.mark.parametrize("generator", ["mouth_editor", "davs"])
+def test_render_stage_trains_the_generator_alone_on_frozen_encoders(generator):
+    """One step of `render` through TrainStep (what the trainer runs) lowers its loss on a
+    fixed batch; only the generator changes: the encoders' weights and BatchNorm statistics
+    stay as they were, and their modes and requires_grad flags come back as they were."""
+    torch.manual_seed(0)
+    cfg = DavsConfig.from_preset("tiny", generator=generator)
+    model = DavsModel(cfg).train()
+    batch = steps.example_batch(cfg, B)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
+    step.make_optimizers("render")
+    assert set(step.optimizers) == {"g"} and STAGE_MODULES["render"] == (("generator",), ())
+    parts = step("render", batch)
+    assert set(parts) == {"rec_audio", "rec_video", "smoothness"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    changed = {
+        k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])
+    }
+    assert changed == {"generator"}
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        again, _ = steps.render_loss(model, batch)
+    loss = parts["rec_audio"] + parts["rec_video"] + cfg.loss.smoothness * parts["smoothness"]
+    assert again.item() < loss, (again.item(), loss)
+
+
+def test_gen_step_with_the_mouth_editor_is_finite():
+    torch.manual_seed(0)
+    cfg = DavsConfig.from_preset("tiny")
+    assert cfg.generator == "mouth_editor"
+    model = DavsModel(cfg).train()
+    step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
+    step.make_optimizers("gen")
+    before = model.generator.out.weight.clone()
+    parts = step("gen", steps.example_batch(cfg, B))
+    assert parts is not None and all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert {"rec_audio", "gan", "d_patch", "pid_uniform"} <= set(parts)
+    assert not torch.equal(model.generator.out.weight, before)

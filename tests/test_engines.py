@@ -1,8 +1,9 @@
-"""Engines: ONNX export and ONNX Runtime parity with eager PyTorch (tiny and small presets), the
-engine directory's round trip and every refusal (tampered artifact, edited config.json, other
-checkpoint, missing backend), the command's errors, and the TensorRT builder's logic against
-`FakeTensorRT`, a stand-in module (not TensorRT) that records the calls. Real TensorRT tests are
-marked `gpu` and skip cleanly without a GPU or without TensorRT."""
+"""Engines: ONNX export and ONNX Runtime parity with eager PyTorch (tiny and small presets, both
+generators: the davs decoder and the mouth editor), the engine directory's round trip and every
+refusal (tampered artifact, edited config.json, other checkpoint, missing backend), the
+command's errors, the Synthesizer's engine path against its eager one, and the TensorRT
+builder's logic against `FakeTensorRT`, a stand-in module (not TensorRT) that records the
+calls. Real TensorRT tests are marked `gpu` and skip cleanly without a GPU or without TensorRT."""
 
 import copy
 import json
@@ -22,6 +23,7 @@ from fastdavs.engines import (
     BackendUnavailable,
     BuildConfig,
     EngineError,
+    IdentityCache,
     ParityError,
     build_engine,
     load,
@@ -29,7 +31,13 @@ from fastdavs.engines import (
 from fastdavs.engines import build as cli
 from fastdavs.engines import builder as builder_module
 from fastdavs.engines.engine_dir import CONFIG, artifact_entry
-from fastdavs.engines.export import MFCC_STD, export_frames, export_identity, reference_model
+from fastdavs.engines.export import (
+    MFCC_STD,
+    export_frames,
+    export_identity,
+    identity_shapes,
+    reference_model,
+)
 from fastdavs.engines.parity import TOLERANCES
 from fastdavs.engines.tensorrt_engine import (
     TensorRTBuilder,
@@ -38,17 +46,26 @@ from fastdavs.engines.tensorrt_engine import (
     require_gpu,
 )
 from fastdavs.metrics import psnr
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, MouthEditor
+from fastdavs.synthesis import Synthesizer
 
-TINY = DavsConfig.from_preset("tiny")
+TINY = DavsConfig.from_preset("tiny")  # the mouth editor
 BATCH = (1, 4, 8)  # small max batch: calls above it exercise the runtime's chunking
+GENERATORS = ["davs", "mouth_editor"]
 
 
-def _checkpoint(root: Path, preset: str = "tiny", seed: int = 1) -> Path:
+def _checkpoint(
+    root: Path, preset: str = "tiny", seed: int = 1, generator: str | None = None
+) -> Path:
     """A checkpoint of a randomly initialised model whose BatchNorm statistics come from a few
-    train-mode passes (so activations have realistic scales, not N(0, 1) defaults)."""
+    train-mode passes (so activations have realistic scales, not N(0, 1) defaults). A mouth
+    editor's zero-initialised output layer is drawn at random, as training leaves it: at 0 the
+    frames would be the identity image whatever the graphs computed."""
     torch.manual_seed(seed)
-    model = DavsModel(DavsConfig.from_preset(preset))
+    cfg = DavsConfig.from_preset(preset)
+    model = DavsModel(DavsConfig.from_preset(preset, generator=generator or cfg.generator))
+    if isinstance(model.generator, MouthEditor):
+        torch.nn.init.normal_(model.generator.out.weight, std=0.05)
     s = model.cfg.image_size
     with torch.no_grad():
         for _ in range(2):
@@ -81,49 +98,88 @@ def engine_copy(tiny_engine, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_engine, tmp_path / "copy"))
 
 
+@pytest.fixture(scope="module")
+def davs_ckpt(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("run"), generator="davs")
+
+
+@pytest.fixture(params=GENERATORS)
+def ckpt_of(request, tiny_ckpt, davs_ckpt) -> Path:
+    """The tiny checkpoint of each generator."""
+    return {"mouth_editor": tiny_ckpt, "davs": davs_ckpt}[request.param]
+
+
 # ---- export and ONNX Runtime parity -----------------------------------------------------------
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_onnxruntime_engine_matches_eager_on_fresh_inputs(preset, tmp_path):
-    ckpt = _checkpoint(tmp_path / "run", preset)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_onnxruntime_engine_matches_eager_on_fresh_inputs(preset, generator, tmp_path):
+    ckpt = _checkpoint(tmp_path / "run", preset, generator=generator)
     out = build_engine(ckpt, tmp_path / "eng", BuildConfig(batch=BATCH))
     meta = json.loads((out / CONFIG).read_text())
     recorded = meta["parity"]
     assert recorded["max_abs"] < 1e-4 and recorded["psnr_min_db"] >= 80
+    assert recorded["identity_max_abs"] < 1e-4
     assert (
         meta["build"]["precision"] == "fp32" and meta["graphs"]["identity"]["precision"] == "fp32"
     )
+    cfg = DavsConfig.from_preset(preset, generator=generator)
+    shapes = identity_shapes(cfg)
+    assert meta["graphs"]["identity"]["outputs"] == {n: ["B", *v] for n, v in shapes.items()}
+    assert meta["graphs"]["frames"]["inputs"] == {
+        "mfcc": ["N", 20, 12],
+        **{n: [1, *v] for n, v in shapes.items()},
+    }
 
-    s = DavsConfig.from_preset(preset).image_size
+    s = cfg.image_size
     images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(11, 20, 12)  # 11 > max batch
     engine = load(out)
     frames = engine.frames(mfcc, engine.identity(images))
     ref = _eager(ckpt, images, mfcc)
     assert frames.shape == (11, 3, s, s) and frames.dtype == torch.float32
     assert ref.std() > 0.01  # the comparison is not between two constants
+    assert (ref - ref[:1]).abs().max() > 1e-3  # nor between copies of one frame
     assert (frames - ref).abs().max() < 1e-4
     assert psnr(frames, ref).min() > 80
+    if generator == "mouth_editor":  # outside the edit box: the identity image, exactly
+        top, bottom, left, right = cfg.edit_box_px
+        outside = torch.ones(s, s, dtype=torch.bool)
+        outside[top:bottom, left:right] = False
+        assert torch.equal(frames[..., outside], images.expand_as(frames)[..., outside])
 
 
-def test_exported_graphs_have_dynamic_batch_and_opset_17(tiny_ckpt, tmp_path):
-    model = reference_model(tiny_ckpt)
+def test_exported_graphs_have_dynamic_batch_and_opset_17(ckpt_of, tmp_path):
+    model = reference_model(ckpt_of)
     ident = onnx.load(export_identity(model, tmp_path / "identity.onnx"))
     frames = onnx.load(export_frames(model, tmp_path / "frames.onnx"))
     onnx.checker.check_model(frames)
     assert {o.version for o in frames.opset_import if o.domain in ("", "ai.onnx")} == {17}
 
-    def dims(graph, name):
-        (t,) = [i for i in graph.graph.input if i.name == name]
+    def dims(tensors, name):
+        (t,) = [i for i in tensors if i.name == name]
         return [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
 
-    assert dims(ident, "images") == ["B", 3, 32, 32]
-    assert dims(frames, "mfcc") == ["N", 20, 12]
-    assert dims(frames, "pid") == [1, TINY.pid_dim]
-    assert dims(frames, "skip") == [1, TINY.ch(160), 4, 4]
+    assert dims(ident.graph.input, "images") == ["B", 3, 32, 32]
+    assert dims(frames.graph.input, "mfcc") == ["N", 20, 12]
+    shapes = identity_shapes(model.cfg)
+    if model.cfg.generator == "davs":
+        assert shapes == {"pid": (TINY.pid_dim,), "skip": (TINY.ch(160), 4, 4)}
+    else:  # the image and the editor's encoding of its 16 x 24 edit box at 1, 1/2, 1/4
+        assert shapes == {
+            "image": (3, 32, 32),
+            "skip1": (TINY.ch(64), 16, 24),
+            "skip2": (TINY.ch(128), 8, 12),
+            "skip3": (TINY.ch(256), 4, 6),
+        }
+    assert [o.name for o in ident.graph.output] == list(shapes)
+    assert [i.name for i in frames.graph.input] == ["mfcc", *shapes]
+    for name, shape in shapes.items():
+        assert dims(ident.graph.output, name) == ["B", *shape]
+        assert dims(frames.graph.input, name) == [1, *shape]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_precision_keeps_parity_and_records_it(precision, tiny_ckpt, tmp_path):
-    out = build_engine(tiny_ckpt, tmp_path / precision, BuildConfig(precision=precision))
+def test_reduced_precision_keeps_parity_and_records_it(precision, ckpt_of, tmp_path):
+    out = build_engine(ckpt_of, tmp_path / precision, BuildConfig(precision=precision))
     meta = json.loads((out / CONFIG).read_text())
     graph = onnx.load(out / "frames.onnx")
     ops = {n.op_type for n in graph.graph.node}
@@ -135,7 +191,7 @@ def test_reduced_precision_keeps_parity_and_records_it(precision, tiny_ckpt, tmp
     images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(6, 20, 12)
     engine = load(out)
     frames = engine.frames(mfcc, engine.identity(images))
-    assert psnr(frames, _eager(tiny_ckpt, images, mfcc)).min() >= 35
+    assert psnr(frames, _eager(ckpt_of, images, mfcc)).min() >= 35
 
 
 def test_bf16_is_refused_with_the_reason(tiny_ckpt, tmp_path):
@@ -144,35 +200,60 @@ def test_bf16_is_refused_with_the_reason(tiny_ckpt, tmp_path):
     assert not (tmp_path / "bf16").exists()
 
 
-def test_parity_violation_fails_the_build_and_writes_nothing(tiny_ckpt, tmp_path, monkeypatch):
+def test_parity_violation_fails_the_build_and_writes_nothing(ckpt_of, tmp_path, monkeypatch):
     """An exported frame graph that is not the model (generator weights shifted after export
     would be the same): the build must refuse it."""
 
     def wrong_export(model, path, precision="fp32", opset=17):
         bad = copy.deepcopy(model)
-        with torch.no_grad():
-            bad.generator.head[-2].bias.add_(0.05)
+        g = bad.generator
+        with torch.no_grad():  # the output layer's bias
+            (g.out.bias if isinstance(g, MouthEditor) else g.head[-2].bias).add_(0.05)
         return export_frames(bad, path, precision, opset)
 
     monkeypatch.setattr(builder_module, "export_frames", wrong_export)
     out = tmp_path / "eng"
     with pytest.raises(ParityError, match=r"differ from eager PyTorch.*max abs error"):
-        build_engine(tiny_ckpt, out, BuildConfig())
+        build_engine(ckpt_of, out, BuildConfig())
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no DIR.tmp-* left either
+
+
+def test_synthesizer_engine_matches_eager(ckpt_of, tmp_path):
+    """`Synthesizer.from_engine` and `.from_checkpoint` on one face and 13 MFCC windows (in
+    passes of 5 frames): the same frames, and those of the model's own `generate`."""
+    engine = build_engine(ckpt_of, tmp_path / "eng", BuildConfig(batch=BATCH))
+    eager = Synthesizer.from_checkpoint(ckpt_of, batch_size=5)
+    fast = Synthesizer.from_engine(engine, ckpt_of, batch_size=5)
+    assert (eager.backend, fast.backend) == ("eager", "onnxruntime")
+    face, mfcc = torch.rand(3, 32, 32), MFCC_STD * torch.randn(13, 20, 12)
+    ident = eager.identity(face)
+    assert [tuple(t.shape[1:]) for t in ident] == list(identity_shapes(eager.config).values())
+    frames = eager.frames(mfcc, ident)
+    assert frames.shape == (13, 3, 32, 32) and (frames - frames[:1]).abs().max() > 1e-3
+    torch.testing.assert_close(frames, _eager(ckpt_of, face[None], mfcc), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.frames(mfcc, fast.identity(face)), frames, rtol=0, atol=1e-4)
 
 
 # ---- the engine directory ---------------------------------------------------------------------
 def test_round_trip_api_and_input_errors(tiny_engine, tiny_ckpt):
     engine = load(tiny_engine, checkpoint=tiny_ckpt.parent.parent)  # a run dir: its latest
     assert engine.backend == "onnxruntime" and engine.config == TINY and engine.max_batch == 8
-    two = engine.identity(torch.rand(2, 3, 32, 32))
-    assert two.pid.shape == (2, TINY.pid_dim) and two.skip.shape == (2, TINY.ch(160), 4, 4)
-    with pytest.raises(EngineError, match="one identity per call"):
+    faces = torch.rand(2, 3, 32, 32)
+    two = engine.identity(faces)
+    shapes = identity_shapes(TINY)
+    assert [tuple(t.shape) for t in two] == [(2, *shape) for shape in shapes.values()]
+    assert torch.equal(two[0], faces)  # the mouth editor's cache holds the face itself
+    one = two.face(1)
+    assert all(torch.equal(a, b[1:]) for a, b in zip(one, two, strict=True))
+    assert engine.frames(torch.zeros(3, 20, 12), one).shape == (3, 3, 32, 32)
+    with pytest.raises(EngineError, match=r"one identity per call.*identity\.face\(i\)"):
         engine.frames(torch.zeros(3, 20, 12), two)
+    with pytest.raises(EngineError, match="reads image, skip1, skip2, skip3 of a face, got 2"):
+        engine.frames(torch.zeros(3, 20, 12), IdentityCache(*one[:2]))
     with pytest.raises(EngineError, match=r"\[B, 3, 32, 32\]"):
         engine.identity(torch.rand(1, 3, 64, 64))
     with pytest.raises(EngineError, match=r"\[N, 20, 12\]"):
-        engine.frames(torch.zeros(3, 12, 20), two[:1])
+        engine.frames(torch.zeros(3, 12, 20), one)
 
 
 def test_tampered_artifact_is_refused(engine_copy):
@@ -198,6 +279,9 @@ def _edit(engine: Path, edit) -> None:
 def test_edited_config_is_refused(engine_copy):
     _edit(engine_copy, lambda m: m["model"].update(image_size=64))
     with pytest.raises(EngineError, match="does not match identity.onnx.*edited"):
+        load(engine_copy)
+    _edit(engine_copy, lambda m: m["model"].update(image_size=32, generator="davs"))
+    with pytest.raises(EngineError, match=r"not match frames\.onnx.*\(expected .*'pid': \(1, 32"):
         load(engine_copy)
     _edit(engine_copy, lambda m: m.update(format_version=2))
     with pytest.raises(EngineError, match="format version 2.*upgrade fastdavs"):
@@ -439,12 +523,31 @@ def _fake(monkeypatch, **kwargs) -> FakeTensorRT:
     return fake
 
 
+def test_tensorrt_profiles_cover_the_batch_axes_only(ckpt_of, tmp_path, monkeypatch):
+    """Both generators' graphs: the frame graph's identity inputs (pid, skip; image,
+    skip1..3) are static, one face broadcast in the graph; only mfcc and images get a profile,
+    and every graph output is named as the engine runtime reads it."""
+    _fake(monkeypatch)
+    model = reference_model(ckpt_of)
+    builder = TensorRTBuilder(workspace_bytes=1 << 20)
+    network, _parser = builder.create_network(export_frames(model, tmp_path / "frames.onnx"))
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    assert names == ["mfcc", *identity_shapes(model.cfg)]
+    assert profile_shapes(network, (1, 25, 50)) == {
+        "mfcc": ((1, 20, 12), (25, 20, 12), (50, 20, 12))
+    }
+    network, _parser = builder.create_network(export_identity(model, tmp_path / "id.onnx"))
+    assert profile_shapes(network, (1, 1, 8)) == {
+        "images": ((1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32))
+    }
+
+
 def test_tensorrt_builder_profiles_workspace_and_strong_typing(graphs, monkeypatch):
     fake = _fake(monkeypatch)
     builder = TensorRTBuilder(workspace_bytes=256 << 20)
     network, _parser = builder.create_network(graphs["frames"])
     assert ("create_network", 1 << 0) in fake.calls  # STRONGLY_TYPED
-    assert profile_shapes(network, (1, 25, 50)) == {  # pid and skip are static: no profile
+    assert profile_shapes(network, (1, 25, 50)) == {  # the identity inputs are static
         "mfcc": ((1, 20, 12), (25, 20, 12), (50, 20, 12))
     }
     assert builder.create_engine(network, (1, 25, 50), "frames") == b"PLAN"
@@ -521,13 +624,13 @@ def test_tensorrt_lazy_import_messages(monkeypatch):
 # ---- real TensorRT ----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_tensorrt_engine_matches_eager(precision, tiny_ckpt, tmp_path):
+def test_tensorrt_engine_matches_eager(precision, ckpt_of, tmp_path):
     pytest.importorskip("tensorrt")
-    out = build_engine(tiny_ckpt, tmp_path / "trt", BuildConfig("tensorrt", precision, BATCH))
+    out = build_engine(ckpt_of, tmp_path / "trt", BuildConfig("tensorrt", precision, BATCH))
     assert (out / "timing.cache").stat().st_size > 0
     images, mfcc = torch.rand(1, 3, 32, 32), MFCC_STD * torch.randn(11, 20, 12)
     engine = load(out)
     frames = engine.frames(mfcc, engine.identity(images)).cpu()
     max_abs, min_psnr = TOLERANCES[precision]
-    ref = _eager(tiny_ckpt, images, mfcc)
+    ref = _eager(ckpt_of, images, mfcc)
     assert (frames - ref).abs().max() <= max_abs and psnr(frames, ref).min() >= min_psnr

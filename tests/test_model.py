@@ -38,15 +38,23 @@ def _hooked_flops(module: nn.Module, call) -> float:
     return total / 1e9
 
 
-def test_summary_matches_hand_counted_flops_and_params():
-    cfg = DavsConfig.from_preset("tiny")
+@pytest.mark.parametrize("generator", ["davs", "mouth_editor"])
+def test_summary_matches_hand_counted_flops_and_params(generator):
+    cfg = DavsConfig.from_preset("tiny", generator=generator)
     rows = {r.name: r for r in summarize(cfg)}
     model = DavsModel(cfg).eval()
     for name, row in rows.items():
         assert row.params == sum(p.numel() for p in getattr(model, name).parameters())
     s, d = cfg.image_size, cfg.word_dim
     image = torch.rand(1, 3, s, s)
-    ident = model.identity_encoder(image)
+    ident = model.encode_identity(image)
+    wid = torch.randn(1, d)
+    if generator == "davs":
+        decode_args = (ident.vec, ident.net2, wid)
+    else:  # per frame: the decoding half; the per-face half is given in the role
+        decode_args = (*ident.edit, wid)
+        per_face = _hooked_flops(model.generator, lambda: model.generator.encode(image))
+        assert f"+{per_face:.4f} GFLOP per face" in rows["generator"].role
     hand = {
         "identity_encoder": _hooked_flops(
             model.identity_encoder, lambda: model.identity_encoder(image)
@@ -55,10 +63,7 @@ def test_summary_matches_hand_counted_flops_and_params():
         "audio_encoder": _hooked_flops(
             model.audio_encoder, lambda: model.audio_encoder(torch.randn(1, 20, 12))
         ),
-        "generator": _hooked_flops(
-            model.generator,
-            lambda: model.generator.decode(ident.vec, ident.net2, torch.randn(1, d)),
-        ),
+        "generator": _hooked_flops(model.generator, lambda: model.generator.decode(*decode_args)),
         "sequence_discriminator": _hooked_flops(
             model.sequence_discriminator,
             lambda: model.sequence_discriminator(
@@ -79,6 +84,25 @@ def test_paper_sizes_are_near_the_original():
     assert 15.55e6 < rows["identity_encoder"].params < 15.65e6
     # One 256x256 frame through the decoder: about 19 GFLOP.
     assert 18.5 < rows["generator"].gflop_per_frame < 19.5
+
+
+def test_small_preset_lists_the_mouth_editor():
+    """The CPU preset's generator edits the lower face: about 0.2M parameters and 0.065 GFLOP
+    per 64 px frame (the DAVS decoder it replaces: 0.073), plus 0.03 GFLOP once per face."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fastdavs.model", "--preset", "small"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [row for row in result.stdout.splitlines() if row.startswith("generator ")]
+    _, params, gflop, role = line.split(maxsplit=3)
+    assert role.startswith("mouth editor") and "GFLOP per face" in role
+    assert 0.15e6 < int(params.replace(",", "")) < 0.25e6
+    assert 0.04 < float(gflop) < 0.08
+    davs = {r.name: r for r in summarize(DavsConfig.from_preset("small", generator="davs"))}
+    assert davs["generator"].role.startswith("G: pid + skip")
 
 
 def test_json_cli_exits_zero():

@@ -1,5 +1,6 @@
 """fastdavs.stream: windows equal the offline front end's for any chunking, frames equal a batch
-`Synthesizer.frames` call, bounded memory, the int16-gain decision, and the errors."""
+`Synthesizer.frames` call (with either generator), bounded memory, the int16-gain decision, and
+the errors."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from fastdavs.audio import FIRST_FRAME, AudioError, audio_to_windows, mfcc
 from fastdavs.config import DavsConfig
 from fastdavs.driving import AudioDriver
 from fastdavs.errors import FastdavsError
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.stream import (
     LOOKAHEAD_MS,
     AudioStream,
@@ -147,10 +148,12 @@ def test_mfcc_fixed_gain():
         mfcc(x, gain=1.0, backend="triton")
 
 
-@pytest.fixture(scope="module")
-def synth():
+@pytest.fixture(scope="module", params=["davs", "mouth_editor"])
+def synth(request):
     torch.manual_seed(0)
-    model = DavsModel(DavsConfig.from_preset("tiny", kernel_backend="ref"))
+    model = DavsModel(DavsConfig.from_preset("tiny", kernel_backend="ref", generator=request.param))
+    if isinstance(model.generator, MouthEditor):  # a zero output layer would copy the face
+        torch.nn.init.normal_(model.generator.out.weight, std=0.05)
     s = model.cfg.image_size
     with torch.no_grad():  # BatchNorm statistics away from their N(0, 1) defaults
         ident = model.encode_identity(torch.rand(2, 3, s, s))
@@ -173,6 +176,7 @@ def test_face_stream_frames_equal_a_batch_call(synth, sizes):
     assert indices == list(ref.indices) == list(range(-(-len(x) // 640)))
     assert images.shape == (len(indices), 3, s, s)
     torch.testing.assert_close(images, synth.frames(ref.mfcc, ident), rtol=0, atol=1e-5)
+    assert (images - images[:1]).abs().max() > 1e-3  # frames that follow the speech
     # wid_scale goes through to the synthesizer
     scaled = run_stream(FaceStream(synth, ident, wid_scale=1.5), x, 640)
     torch.testing.assert_close(

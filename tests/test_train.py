@@ -39,8 +39,12 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     ]
     gen = [r for r in records if r["stage"] == "gen"]
     assert {"rec_audio", "gan", "pid_uniform", "wid_uniform", "d_patch"} <= set(gen[0])
+    render = [r for r in records if r["stage"] == "render"]
+    assert {"rec_audio", "rec_video", "smoothness"} <= set(render[0])
+    assert not {"gan", "d_patch", "ce_audio"} & set(render[0])  # the generator alone
     assert all(r["bad_steps"] == 0 for r in records)
-    for png in ("losses.png", "samples/gen_000002.png", "samples/gen_000004.png"):
+    samples = ("samples/render_000004.png", "samples/gen_000002.png", "samples/gen_000004.png")
+    for png in ("losses.png", *samples):
         image = cv2.imread(str(run / png))
         assert image is not None and image.std() > 5, png
     s = 32  # tiny: a row is identity + 3 runs of gan_frames=2 frames; 4 held-out clips
@@ -59,6 +63,25 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     results = json.loads((run / "eval.json").read_text())
     assert results["split"] == "test" and results["trained_to"] == {"stage": "gen", "step": 4}
     assert 0 <= results["lip_reading"]["audio"] <= 1
+
+
+def test_a_stage_of_zero_steps_is_passed_over(shards, tmp_path):
+    """`render` at 0 steps (the paper preset's schedule, and what a config.json written before
+    the stage existed reads as): no records, no checkpoint, and a run resumed in `gen` stays
+    where it was instead of starting over after an empty `render`."""
+    run = tmp_path / "run"
+    args = ("--data", str(shards), "--out", str(run), "--no-eval", "--schedule-render-steps", "0",
+            "--schedule-pid-steps", "2", "--schedule-wid-steps", "2")  # fmt: skip
+    assert _train(*args, "--steps", "2") == 0  # pid and wid done, gen at step 2 of 4
+    records = _records(run)
+    assert [(r["stage"], r["step"]) for r in records] == [
+        (s, i) for s in ("pid", "wid", "gen") for i in (1, 2)
+    ]
+    assert not list((run / "checkpoints").glob("render_*"))
+    _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
+    assert (state["stage"], state["step"], state["done"]) == ("gen", 2, ["pid", "wid"])
+    assert _train(*args, "--resume") == 0
+    assert [(r["stage"], r["step"]) for r in _records(run)[6:]] == [("gen", 3), ("gen", 4)]
 
 
 def test_no_disentangle_turns_the_adversaries_off(shards, tmp_path):

@@ -5,6 +5,12 @@
     MFCC windows ──AudioWordEncoder──┴─► per-frame word-ID (wid) ───┘
     wid sequences ──WordClassifier──► word logits (lip reading, shared by both modalities)
 
+The generator is the one `cfg.generator` names: "davs", the original decoder (generator.py,
+reads the pid vector and the skip), or "mouth_editor" (mouth_editor.py, reads the identity
+image itself and edits its lower face; the pid vector is then not used for generation).
+`encode_identity` computes what either needs once per face (`EncodedIdentity`), `generate`
+decodes any number of frames from it.
+
 The adversaries and discriminators sit beside: ModalityDiscriminator (audio vs video wid),
 PidWordAdversary (words from pid features), WidPersonAdversary (identity from wid features),
 IdentityClassifier (pid pretraining) and SequenceDiscriminator (frame stacks + audio sync).
@@ -15,6 +21,7 @@ as in the original `optimizer_G` / `optimizer_D`, with the wid->person adversary
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,7 +36,8 @@ from fastdavs.model.adversaries import (
 from fastdavs.model.audio_encoder import AudioWordEncoder
 from fastdavs.model.discriminator import SequenceDiscriminator
 from fastdavs.model.generator import Generator
-from fastdavs.model.identity_encoder import IdentityEncoder, IdentityFeatures
+from fastdavs.model.identity_encoder import IdentityEncoder
+from fastdavs.model.mouth_editor import EditorIdentity, MouthEditor
 from fastdavs.model.video_encoder import VideoWordEncoder
 from fastdavs.model.word_classifier import WordClassifier
 
@@ -49,6 +57,15 @@ DISCRIMINATOR_SIDE = (
 )
 
 
+class EncodedIdentity(NamedTuple):
+    """What `DavsModel.encode_identity` keeps of B identity images: computed once per face and
+    read by `generate` for every frame. S = image_size."""
+
+    vec: torch.Tensor  # [B, pid_dim] the pid vector (the davs decoder's code; evaluation probes it)
+    net2: torch.Tensor  # [B, ch(160), S/8, S/8] the davs decoder's skip
+    edit: EditorIdentity | None  # the mouth editor's per-face half; None with the davs decoder
+
+
 class DavsModel(nn.Module):
     """All DAVS modules for one `DavsConfig`; the config is kept on `self.cfg`."""
 
@@ -60,7 +77,7 @@ class DavsModel(nn.Module):
         self.video_encoder = VideoWordEncoder(cfg)
         self.audio_encoder = AudioWordEncoder(cfg)
         self.word_classifier = WordClassifier(cfg)
-        self.generator = Generator(cfg)
+        self.generator = MouthEditor(cfg) if cfg.generator == "mouth_editor" else Generator(cfg)
         self.modality_discriminator = ModalityDiscriminator(cfg)
         self.pid_word_adversary = PidWordAdversary(cfg)
         self.wid_person_adversary = WidPersonAdversary(cfg)
@@ -75,9 +92,12 @@ class DavsModel(nn.Module):
             yield from getattr(self, name).parameters()
 
     # ---- data flow -------------------------------------------------------------------------
-    def encode_identity(self, images: torch.Tensor) -> IdentityFeatures:
-        """images [B, 3, H, W] in [0, 1] -> IdentityFeatures (vec [B, pid_dim], skips)."""
-        return self.identity_encoder(images)
+    def encode_identity(self, images: torch.Tensor) -> EncodedIdentity:
+        """images [B, 3, H, W] in [0, 1] -> EncodedIdentity (pid vector, skip, and with the
+        mouth editor its encoding of the images' edit boxes)."""
+        features = self.identity_encoder(images)
+        edit = self.generator.encode(images) if isinstance(self.generator, MouthEditor) else None
+        return EncodedIdentity(features.vec, features.net2, edit)
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, T, 3, H, W] -> wid [B, T, word_dim], one batched pass over B*T frames."""
@@ -91,6 +111,8 @@ class DavsModel(nn.Module):
         wid = self.audio_encoder(mfcc.flatten(0, 1))  # [B*T, D]
         return wid.view(b, t, -1)
 
-    def generate(self, identity: IdentityFeatures, wid: torch.Tensor) -> torch.Tensor:
-        """identity features of B faces, wid [B, T, word_dim] -> frames [B, T, 3, H, W]."""
+    def generate(self, identity: EncodedIdentity, wid: torch.Tensor) -> torch.Tensor:
+        """`encode_identity` of B faces, wid [B, T, word_dim] -> frames [B, T, 3, H, W]."""
+        if isinstance(self.generator, MouthEditor):
+            return self.generator(identity.edit, wid)
         return self.generator(identity.vec, identity.net2, wid)

@@ -2,7 +2,9 @@
 
 Modules are built on the meta device, so even `paper` is summarised in well under a second:
 no weights are allocated and no arithmetic is done; FLOPs come from torch's FlopCounterMode
-(2 FLOPs per multiply-accumulate of convolutions and matrix products).
+(2 FLOPs per multiply-accumulate of convolutions and matrix products). The generator's figure
+is its per-frame `decode`; the mouth editor's per-face half (`encode`, run once per identity)
+is given in its role.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.config import DavsConfig
 from fastdavs.model.davs import DavsModel
+from fastdavs.model.mouth_editor import MouthEditor
 
 
 @dataclass
@@ -32,6 +35,21 @@ def summarize(cfg: DavsConfig) -> list[ModuleCost]:
         n, s, d = 1, cfg.image_size, cfg.word_dim
         image = torch.empty(n, 3, s, s)
         ident = model.identity_encoder(image)
+        wid = torch.empty(n, d)
+        if isinstance(model.generator, MouthEditor):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                edit = model.generator.encode(image)
+            per_face = counter.get_total_flops() / 1e9
+            generator = (
+                f"mouth editor: edit box + wid -> frame (+{per_face:.4f} GFLOP per face)",
+                lambda m: m.decode(*edit, wid),
+            )
+        else:
+            generator = (
+                "G: pid + skip + wid -> frame",
+                lambda m: m.decode(ident.vec, ident.net2, wid),
+            )
         calls = [
             ("identity_encoder", "E_p^v: face -> pid + skips", 1, lambda m: m(image)),
             ("identity_classifier", "pid pretraining head", 1, lambda m: m(ident.vec)),
@@ -43,12 +61,7 @@ def summarize(cfg: DavsConfig) -> list[ModuleCost]:
                 cfg.seq_len,
                 lambda m: m(torch.empty(n, cfg.seq_len, d)),
             ),
-            (
-                "generator",
-                "G: pid + skip + wid -> frame",
-                1,
-                lambda m: m.decode(ident.vec, ident.net2, torch.empty(n, d)),
-            ),
+            ("generator", generator[0], 1, generator[1]),
             (
                 "modality_discriminator",
                 "audio vs video wid",

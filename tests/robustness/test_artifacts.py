@@ -197,7 +197,7 @@ def test_engine_loads_without_unpickling(engine, monkeypatch, robustness):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     identity = load(engine).identity(torch.rand(1, 3, 32, 32))
-    assert torch.isfinite(identity.pid).all()
+    assert all(torch.isfinite(t).all() for t in identity)
     robustness.record(
         "fastdavs.engines.load(DIR) with pickle and torch.load disabled",
         "loads and runs; the directory holds only .json and .onnx",
