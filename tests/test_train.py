@@ -15,8 +15,11 @@ from fastdavs import steps
 from fastdavs.checkpoint import latest_checkpoint, load_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.video_io import read_clip
+from fastdavs.runlog import GAP
 from fastdavs.train import main as train_main
 from fastdavs.trainer import RunOptions, Trainer, TrainingError
+
+HEADER = 20  # pixels of the sample pictures' label row
 
 
 def _records(run):
@@ -47,13 +50,15 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     for png in ("losses.png", *samples):
         image = cv2.imread(str(run / png))
         assert image is not None and image.std() > 5, png
-    s = 32  # tiny: a row is identity + 3 runs of gan_frames=2 frames; 4 held-out clips
-    assert cv2.imread(str(run / "samples/gen_000004.png")).shape == (4 * s, 7 * s, 3)
+    # tiny: a header, then 4 held-out clips, each identity | real | audio-driven | video-driven
+    # | shuffled audio, the 4 runs of seq_len=4 frames; 32 px tiles scaled to 64, 4 px gaps.
+    grid = cv2.imread(str(run / "samples/gen_000004.png"))
+    assert grid.shape == (HEADER + 4 * 64, 64 * (1 + 4 * 4) + 4 * GAP, 3)
     _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
     assert state["done"] == list(steps.STAGES) and state["stage"] == "gen"
-    # The sample mp4: real | audio-driven, the 25 stored frames, with the clip's sound.
+    # The sample mp4: the same five panels of the 25 stored frames, at 256 px, with the sound.
     clip = read_clip(run / "samples/gen_000004.mp4")
-    assert clip.frames.shape == (25, 256, 512, 3) and clip.fps == 25
+    assert clip.frames.shape == (25, HEADER + 256, 5 * 256, 3) and clip.fps == 25
     assert len(clip.audio) == pytest.approx(16000, abs=640) and clip.audio.std() > 0.01
     info = json.loads((run / "run.json").read_text())
     assert info["data"] == str(shards.resolve()) and info["channels_last"]
