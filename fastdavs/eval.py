@@ -1,5 +1,7 @@
 """`fastdavs-eval RUN_OR_CHECKPOINT`: lip reading, audio-video retrieval, disentanglement probes,
-generation quality and sync on held-out clips, as a metrics JSON and a readable table.
+generation quality (beside the identity-copy baseline and shuffled-speech controls, and the jaw
+opening read from pixels against SynthLRW's ground truth) and sync on held-out clips, as a
+metrics JSON and a readable table.
 
 The evaluation itself is `fastdavs.evaluate`; this module finds the checkpoint, the data (the
 run's `run.json` unless --data is given) and where to write (RUN/eval.json unless --out).
