@@ -13,7 +13,7 @@ import torch
 
 from fastdavs.config import DavsConfig
 from fastdavs.engines.export import MFCC_STD
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, MouthEditor
 
 
 def git(*args: str) -> str:
@@ -67,12 +67,20 @@ def matmul_peak_gflops(n: int = 2048, device: str = "cpu") -> float:
     return 2 * n**3 / best_seconds(lambda: torch.mm(a, b, out=out)) / 1e9
 
 
-def random_model(preset: str) -> DavsModel:
+def random_model(preset: str, generator: str | None = None) -> DavsModel:
     """A seeded, randomly initialised model of `preset` in eval mode, its BatchNorm statistics
     taken from two forward passes on realistic inputs (not the N(0, 1) defaults), for
-    benchmarks run without a trained checkpoint."""
+    benchmarks run without a trained checkpoint. `generator` ("davs" or "mouth_editor")
+    overrides the preset's.
+
+    The mouth editor's last convolution starts at zero (its output is then the identity frame
+    exactly); here it gets PyTorch's default initialisation instead, so that its residual is
+    not 0 and a fast path's parity with the reference measures something."""
     torch.manual_seed(0)
-    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref"))
+    overrides = {"generator": generator} if generator else {}
+    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref", **overrides))
+    if isinstance(model.generator, MouthEditor):
+        model.generator.out.reset_parameters()
     s = model.cfg.image_size
     with torch.no_grad():
         for _ in range(2):

@@ -2,7 +2,8 @@
 engine, for each preset, in one run.
 
     python bench/generate.py [--presets small,paper] [--seconds 20,8] [--reps 5,2]
-        [--batch-size 25] [--checkpoint CKPT] [--out bench/results]
+        [--batch-size 25] [--generator davs|mouth_editor | --checkpoint CKPT]
+        [--out bench/results]
 
 What is timed is `fastdavs.generate.generate`, the command's whole body, for one face photo
 (matplotlib's Grace Hopper portrait, the aligned crop written out) and speech of the given
@@ -12,7 +13,8 @@ H.264 + AAC encoding. Reported per path: end-to-end frames/s (frames / wall time
 reps [p20, p80]), frames/s in the model alone (word encoder + generator, what the engine
 replaces), the ratio to eager, and parity: PSNR of the engine's decoded video against eager's.
 Without --checkpoint each preset's model is randomly initialised (BatchNorm statistics from a
-few train-mode passes, as bench/latency.py); speed does not depend on the weights.
+few train-mode passes, as bench/latency.py) with the preset's generator, or the one --generator
+names; speed does not depend on the weights. Rows record the generator.
 Writes generate.json and generate.csv to --out.
 """
 
@@ -29,7 +31,8 @@ import torch
 from common import csv_text, git, median_p20_p80, random_model
 
 from fastdavs.atomic import write_json, write_text
-from fastdavs.checkpoint import save_checkpoint
+from fastdavs.checkpoint import load_model, save_checkpoint
+from fastdavs.config import GENERATORS
 from fastdavs.data.synth import SynthConfig, render_example
 from fastdavs.data.video_io import read_clip
 from fastdavs.engines import BuildConfig, build_engine
@@ -79,7 +82,13 @@ def main() -> int:
     parser.add_argument("--seconds", default="20,8", help="speech length per preset, s")
     parser.add_argument("--reps", default="5,2", help="timed runs per path, per preset")
     parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--checkpoint", metavar="CKPT", help="one preset only; default: random")
+    model_source = parser.add_mutually_exclusive_group()
+    model_source.add_argument(
+        "--generator", choices=GENERATORS, help="default: each preset's (random weights)"
+    )
+    model_source.add_argument(
+        "--checkpoint", metavar="CKPT", help="one preset only; default: random"
+    )
     parser.add_argument("--out", default="bench/results", metavar="DIR")
     args = parser.parse_args()
     presets = args.presets.split(",")
@@ -99,9 +108,11 @@ def main() -> int:
             secs, n_reps = seconds[min(i, len(seconds) - 1)], reps[min(i, len(reps) - 1)]
             if args.checkpoint:
                 ckpt, note = Path(args.checkpoint), f"checkpoint {args.checkpoint}"
+                generator = load_model(ckpt).cfg.generator
             else:
-                ckpt = save_checkpoint(tmp / preset, "random_init", random_model(preset))
-                note = "random weights"
+                model = random_model(preset, args.generator)
+                ckpt = save_checkpoint(tmp / preset, "random_init", model)
+                note, generator = "random weights", model.cfg.generator
             t = time.perf_counter()
             engine = build_engine(ckpt, tmp / f"{preset}-ort", BuildConfig(batch=(1, 25, 50)))
             build_s = time.perf_counter() - t
@@ -122,7 +133,7 @@ def main() -> int:
             ref = read_clip(tmp / "eager.mp4").frames
             got = read_clip(tmp / "ort.mp4").frames
             for name, r in results.items():
-                r.update(preset=preset, path=name, speech_s=secs, note=note)
+                r.update(preset=preset, generator=generator, path=name, speech_s=secs, note=note)
                 r["x_eager"] = r["fps"] / results["eager fp32"]["fps"]
                 r["model_x_eager"] = r["model_fps"] / results["eager fp32"]["model_fps"]
                 if name != "eager fp32":
@@ -130,7 +141,10 @@ def main() -> int:
                     r["psnr_db_vs_eager"] = float(10 * np.log10(1 / max(mse, 1e-20)))
                     r["engine_build_s"] = build_s
                 rows.append(r)
-            print(f"\n{preset} ({note}), {secs:g} s of speech, batch {args.batch_size}")
+            print(
+                f"\n{preset}, {generator} generator ({note}), {secs:g} s of speech, "
+                f"batch {args.batch_size}"
+            )
             print(f"{'path':18} {'frames/s [p20, p80]':>26} {'x eager':>8} {'model fps':>10} "
                   f"{'x eager':>8}")  # fmt: skip
             for name, r in results.items():

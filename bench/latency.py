@@ -1,11 +1,15 @@
 """Frame synthesis latency: eager fp32 (the reference) against every fast path, in one run.
 
-    python bench/latency.py [--preset small|paper] [--checkpoint CKPT] [--out bench/results]
-        [--skip compile,bf16] [--no-profile]
+    python bench/latency.py [--preset small|paper|tiny] [--generator davs|mouth_editor]
+        [--checkpoint CKPT] [--out bench/results] [--skip compile,bf16] [--no-profile]
 
 What is timed is the per-frame work of talking-face synthesis, the engines' frame graph
-(`fastdavs.engines.export.FrameGraph`): MFCC windows [N, 20, 12] + the cached identity features
-of one face -> frames [N, 3, S, S]. The identity encoder runs once per face and is not timed.
+(`fastdavs.engines.export.FrameGraph`): MFCC windows [N, 20, 12] + the cached identity tensors
+of one face -> frames [N, 3, S, S]. The identity tensors are whatever the generator reads of a
+face (`fastdavs.engines.export.identity_shapes`: pid and skip for the davs decoder, the image
+and three skips for the mouth editor); they are computed once per face and not timed.
+--generator benchmarks either generator at any preset (default: the preset's; a checkpoint
+brings its own).
 Paths, all in this process on the same inputs:
 
     eager fp32        the reference: plain PyTorch, kernel_backend "ref", inference mode
@@ -20,7 +24,8 @@ median call time, [p20, p80]), parity with the reference output at batch 25 (PSN
 error), achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter on the reference) as a share
 of the fp32 matmul peak measured at the start of the run. Engine build and compile times are
 reported apart. Without --checkpoint the model is randomly initialised (BatchNorm statistics
-from a few train-mode passes); the output says so. Writes latency-<preset>.{json,csv,png}.
+from a few train-mode passes, `common.random_model`); the output says so. Writes
+latency-<preset>-<generator>.{json,csv,png}.
 CPU times are `time.perf_counter` after warm-up; CUDA paths synchronise before reading it.
 """
 
@@ -40,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
 from fastdavs.checkpoint import save_checkpoint
+from fastdavs.config import GENERATORS
 from fastdavs.engines import BuildConfig, EngineError, build_engine, load
 from fastdavs.engines.export import MFCC_STD, FrameGraph, IdentityGraph, reference_model
 from fastdavs.engines.runtime import IdentityCache
@@ -55,7 +61,7 @@ TARGET_PAPER_FPS, TARGET_PSNR_DB, TARGET_SMALL_MS = 25.0, 35.0, 10.0
 REPS = {1: 100, BATCH: 12}
 BUDGET_S = {"small": 8.0, "paper": 40.0}
 CSV_FIELDS = [
-    "path", "p50_ms", "p90_ms", "p99_ms", "fps", "fps_p20", "fps_p80", "speedup",
+    "path", "generator", "p50_ms", "p90_ms", "p99_ms", "fps", "fps_p20", "fps_p80", "speedup",
     "psnr_db", "psnr_min_db", "max_abs", "gflops", "peak_share", "compile_s_b1",
     f"compile_s_b{BATCH}", "reps_b1", "reps_b25", "note", "error",
 ]  # fmt: skip
@@ -85,15 +91,16 @@ def time_calls(fn, reps: int, budget_s: float, sync=lambda: None, min_reps=3) ->
     return times
 
 
-def flops_per_frame(graph: FrameGraph, mfcc, pid, skip) -> float:
+def flops_per_frame(graph: FrameGraph, mfcc, ident: tuple[torch.Tensor, ...]) -> float:
+    """FLOPs of the frame graph per frame: mfcc [N, 20, 12], ident the identity tensors."""
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        graph(mfcc, pid, skip)
+        graph(mfcc, *ident)
     return counter.get_total_flops() / len(mfcc)
 
 
 def eager_paths(model: DavsModel, skip_paths: set[str]) -> dict:
-    """name -> (fn_for_batch(b) -> callable(mfcc, pid, skip), sync, note)."""
+    """name -> (fn_for_batch(b) -> callable(mfcc, *identity tensors), note)."""
     graph = FrameGraph(model).eval()
     paths = {}
 
@@ -104,9 +111,9 @@ def eager_paths(model: DavsModel, skip_paths: set[str]) -> dict:
     if "bf16" not in skip_paths:
 
         def bf16(b):
-            def run(mfcc, pid, skip):
+            def run(mfcc, *ident):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return graph(mfcc, pid, skip)
+                    return graph(mfcc, *ident)
 
             return run
 
@@ -129,18 +136,18 @@ def run_path(name, fn_for_batch, inputs, budget_s, cuda=False) -> dict:
     row: dict = {"path": name}
     slow = "bf16" in name and not cpu_has_native_bf16()  # emulated bf16: cap its reps
     budget, min_reps = (budget_s / 4, 1) if slow else (budget_s, 3)
-    for b, (mfcc, pid, skip) in inputs.items():
+    for b, (mfcc, ident) in inputs.items():
         fn = fn_for_batch(b)
         if name == "torch.compile":
             t = time.perf_counter()
             with torch.inference_mode():
-                fn(mfcc, pid, skip)
+                fn(mfcc, *ident)
             row[f"compile_s_b{b}"] = time.perf_counter() - t
         with torch.inference_mode():
             times = time_calls(
-                lambda fn=fn, m=mfcc, p=pid, s=skip: fn(m, p, s), REPS[b], budget, sync, min_reps
+                lambda fn=fn, m=mfcc, i=ident: fn(m, *i), REPS[b], budget, sync, min_reps
             )
-            out = fn(mfcc, pid, skip)
+            out = fn(mfcc, *ident)
         q = quantiles(times)
         if b == 1:
             row.update(
@@ -154,8 +161,8 @@ def run_path(name, fn_for_batch, inputs, budget_s, cuda=False) -> dict:
 
 def engine_fn(engine):
     def for_batch(b):
-        def run(mfcc, pid, skip):
-            return engine.frames(mfcc, IdentityCache(pid, skip))
+        def run(mfcc, *ident):
+            return engine.frames(mfcc, IdentityCache(*ident))
 
         return run
 
@@ -199,15 +206,16 @@ def build_engines(ckpt: Path, root: Path, calibration_frames: int) -> tuple[dict
     return engines, builds
 
 
-def ort_profile(engine_dir: Path, inputs) -> list[tuple[str, float]]:
+def ort_profile(engine, inputs) -> list[tuple[str, float]]:
     """Share of ONNX Runtime's node time per op type, fp32 frame graph at batch 25."""
     from fastdavs.engines.onnxruntime_engine import OnnxRuntimeSession
 
     with tempfile.TemporaryDirectory() as tmp:
-        session = OnnxRuntimeSession(engine_dir / "frames.onnx", profile=f"{tmp}/ort")
-        mfcc, pid, skip = inputs
+        session = OnnxRuntimeSession(engine.path / "frames.onnx", profile=f"{tmp}/ort")
+        mfcc, ident = inputs
+        feeds = {"mfcc": mfcc, **dict(zip(engine.identity_names, ident, strict=True))}
         for _ in range(3):
-            session.run({"mfcc": mfcc, "pid": pid, "skip": skip})
+            session.run(feeds)
         trace = json.loads(Path(session.session.end_profiling()).read_text())
     per_op: dict[str, float] = defaultdict(float)
     for event in trace:
@@ -221,17 +229,17 @@ def torch_profile(graph: FrameGraph, inputs) -> list[tuple[str, float]]:
     """Share of eager self CPU time per aten op, batch 25."""
     from torch.profiler import ProfilerActivity, profile
 
-    mfcc, pid, skip = inputs
+    mfcc, ident = inputs
     with torch.inference_mode():
-        graph(mfcc, pid, skip)
+        graph(mfcc, *ident)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            graph(mfcc, pid, skip)
+            graph(mfcc, *ident)
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     total = sum(t for _, t in events) or 1.0
     return sorted(((k, t / total) for k, t in events), key=lambda x: -x[1])[:8]
 
 
-def plot(rows: list[dict], preset: str, note: str, path: Path) -> None:
+def plot(rows: list[dict], title: str, preset: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +261,7 @@ def plot(rows: list[dict], preset: str, note: str, path: Path) -> None:
     for ax in (ax1, ax2):
         ax.invert_yaxis()
     ax2.set_yticklabels([])
-    fig.suptitle(f"fastdavs frame synthesis, {preset} preset — {note}", fontsize=10)
+    fig.suptitle(f"fastdavs frame synthesis, {title}", fontsize=10)
     fig.tight_layout()
     replace_with(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
@@ -264,7 +272,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", choices=("small", "paper", "tiny"), default="small")
-    parser.add_argument("--checkpoint", metavar="CKPT", help="default: random initialisation")
+    model_source = parser.add_mutually_exclusive_group()
+    model_source.add_argument(
+        "--generator", choices=GENERATORS, help="default: the preset's (random initialisation)"
+    )
+    model_source.add_argument("--checkpoint", metavar="CKPT", help="default: random initialisation")
     parser.add_argument("--out", default="bench/results", metavar="DIR")
     parser.add_argument(
         "--skip", default="", help="comma-separated paths to leave out: compile, bf16"
@@ -284,13 +296,16 @@ def main() -> int:
             model = reference_model(ckpt)
             note = f"checkpoint {ckpt}"
         else:
-            model = random_model(args.preset)
+            model = random_model(args.preset, args.generator)
             ckpt = save_checkpoint(tmp / "run", "random_init", model)
             note = f"randomly initialised {args.preset} model (no --checkpoint)"
         cfg = model.cfg
-        preset = cfg.preset
+        preset, generator = cfg.preset, cfg.generator
         budget = BUDGET_S.get(preset, 8.0)
-        print(f"model: {note}; {preset} preset, {cfg.image_size} px", flush=True)
+        print(
+            f"model: {note}; {preset} preset, {generator} generator, {cfg.image_size} px",
+            flush=True,
+        )
         print(f"threads: torch {torch.get_num_threads()}", flush=True)
 
         peaks = [matmul_peak_gflops()]
@@ -300,10 +315,10 @@ def main() -> int:
         gen = torch.Generator().manual_seed(1234)
         face = torch.rand(1, 3, s, s, generator=gen)
         with torch.inference_mode():
-            pid, skip = IdentityGraph(model)(face)
+            ident = IdentityGraph(model)(face)  # the identity tensors, batch 1
         mfcc = MFCC_STD * torch.randn(BATCH, 20, 12, generator=gen)
-        inputs = {1: (mfcc[:1], pid, skip), BATCH: (mfcc, pid, skip)}
-        flops = flops_per_frame(FrameGraph(model), mfcc, pid, skip)
+        inputs = {1: (mfcc[:1], ident), BATCH: (mfcc, ident)}
+        flops = flops_per_frame(FrameGraph(model), mfcc, ident)
         print(f"frame graph: {flops / 1e9:.3f} GFLOP per frame", flush=True)
 
         t = time.perf_counter()
@@ -347,7 +362,7 @@ def main() -> int:
         profile = {}
         if not args.no_profile and "onnxruntime fp32" in engines:
             profile["onnxruntime fp32, op type share of node time"] = ort_profile(
-                engines["onnxruntime fp32"].path, inputs[BATCH]
+                engines["onnxruntime fp32"], inputs[BATCH]
             )
             profile["eager fp32, aten op share of self CPU time"] = torch_profile(
                 FrameGraph(model), inputs[BATCH]
@@ -386,6 +401,7 @@ def main() -> int:
     result = {
         "machine": machine,
         "preset": preset,
+        "generator": generator,
         "image_size": s,
         "model": note,
         "random_init": not args.checkpoint,
@@ -401,17 +417,18 @@ def main() -> int:
     }
     table = format_table(result)
     print(table)
-    stem = out_dir / f"latency-{preset}"
+    stem = out_dir / f"latency-{preset}-{generator}"
     write_json(stem.with_suffix(".json"), _finite(result))
-    write_text(stem.with_suffix(".csv"), csv_text(rows, CSV_FIELDS, machine_summary(machine)))
-    plot(rows, preset, note, stem.with_suffix(".png"))
+    csv_rows = [{**row, "generator": generator} for row in rows]
+    write_text(stem.with_suffix(".csv"), csv_text(csv_rows, CSV_FIELDS, machine_summary(machine)))
+    plot(rows, _title(result), preset, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .csv, .png")
     return 0
 
 
 def format_table(r: dict) -> str:
     lines = [
-        f"fastdavs frame synthesis — {r['preset']} preset ({r['image_size']} px), {r['model']}",
+        f"fastdavs frame synthesis — {_title(r)}",
         f"{machine_summary(r['machine'])}, {r['env']['threads']} threads, fp32 matmul peak "
         f"{r['peak_fp32_gflops']:.1f} GFLOP/s, frame graph {r['gflop_per_frame']:.3f} GFLOP/frame",
         "",
@@ -460,6 +477,10 @@ def format_table(r: dict) -> str:
         lines.append(f"profile, {name}:")
         lines.append("  " + ", ".join(f"{op} {100 * share:.0f}%" for op, share in shares))
     return "\n".join(lines)
+
+
+def _title(r: dict) -> str:
+    return f"{r['preset']} preset ({r['image_size']} px), {r['generator']} generator, {r['model']}"
 
 
 def _finite(obj):

@@ -1,6 +1,7 @@
 """Cost of the DAVS training step on CPU: forward + backward of every module, per variant.
 
-    python bench/profile_step.py [--preset small] [--batch-size 16] [--reps 3] [--cases ...]
+    python bench/profile_step.py [--preset small] [--generator davs|mouth_editor]
+        [--batch-size 16] [--reps 3] [--cases ...]
         [--variants fp32,channels_last,bf16,bf16_cl,threads1,no_mkldnn,width0.5_cl,compile]
         [--compile-cases id_adv_net1,gen_gan] [--force-bf16] [--no-full-step]
         [--no-heap-phase] [--out bench/results]
@@ -10,7 +11,8 @@ Each case is one module's forward + backward on what one training step of B clip
 (spec/davs.md §3.4; N = images, windows or sequences through the module):
 
     id_pretrain   identity encoder + classifier on 4B single frames
-    id_identity   identity encoder on the B identity frames: pid vector + net2 skip
+    id_identity   `encode_identity` of the B identity frames: pid vector + net2 skip, and with
+                  the mouth editor its encoding of the edit box
     id_adv_full   identity encoder on B x adv_frames frames, loss on net1 (as fastdavs.steps)
     id_adv_net1   the same frames through block01 + stage1 only: net1 is all the adversary reads
     video         video word encoder on B x seq_len frames
@@ -20,10 +22,12 @@ Each case is one module's forward + backward on what one training step of B clip
                   adversary on the B x adv_frames net1 maps
     gen_seq       generator on B x 2 seq_len frames (audio- and video-driven, every frame)
     gen_gan       generator on B x 2 gan_frames frames (the sequence-GAN run only)
+                  (both through `generate`, so either generator; its per-face input is
+                  `encode_identity` of B faces, detached)
     dseq          sequence discriminator on 2B frame stacks (the G step's fakes)
 
-and step_pid / step_wid / step_gen are whole steps of the trainer (`fastdavs.steps` forward,
-D side backward + Adam, G side backward + Adam) on a batch shaped like DavsDataset's.
+and step_pid / step_wid / step_render / step_gen are whole steps of the trainer (`fastdavs.steps`
+forward, D side backward + Adam, G side backward + Adam) on a batch shaped like DavsDataset's.
 
 Variants: fp32 (contiguous, all threads, oneDNN on: the reference), channels_last, bf16
 (`torch.autocast("cpu", bfloat16)`, what `--amp` does on CPU), bf16_cl, threads1, no_mkldnn
@@ -45,8 +49,8 @@ Without native bf16 (`fastdavs.machine.cpu_has_native_bf16`) bf16 runs only on t
 1 GFLOP; --force-bf16 runs it everywhere. FLOPs come from
 `torch.utils.flop_counter.FlopCounterMode` (forward + backward); %peak is against the fp32 matmul
 peak of DESIGN.md (155 GFLOP/s); the matmul peaks measured in this run are printed too. Times are
-medians [p20, p80] after one warm-up round (`time.perf_counter`). Writes profile_step.json and
-profile_step.csv to --out.
+medians [p20, p80] after one warm-up round (`time.perf_counter`). The generator is the preset's
+unless --generator names the other. Writes profile_step.json and profile_step.csv to --out.
 """
 
 from __future__ import annotations
@@ -72,9 +76,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs import steps
 from fastdavs.atomic import write_json, write_text
-from fastdavs.config import DavsConfig
+from fastdavs.config import GENERATORS, DavsConfig
 from fastdavs.machine import machine_info, machine_summary
-from fastdavs.model import DavsModel
+from fastdavs.model import DavsModel, EncodedIdentity
 from fastdavs.train_step import TrainStep, retain_heap
 
 NOMINAL_PEAK = 155.0  # GFLOP/s, fp32 matmul on the 2-core development machine (DESIGN.md)
@@ -118,12 +122,17 @@ def case_id_pretrain(m: DavsModel, b: int, cl: bool) -> Step:
     return step
 
 
+def _tensors(ident: EncodedIdentity) -> tuple[torch.Tensor, ...]:
+    """Every tensor of an EncodedIdentity (the editor's, where there is one, flattened in)."""
+    return (ident.vec, ident.net2, *(ident.edit or ()))
+
+
 def case_id_identity(m: DavsModel, b: int, cl: bool) -> Step:
     x = _images(b, m.cfg.image_size, cl)
 
     def step():
-        f = m.identity_encoder(x)
-        return f.vec.float().mean() + f.net2.float().mean()
+        # The editor's EditorIdentity holds the input image itself, which takes no gradient.
+        return sum(t.float().mean() for t in _tensors(m.encode_identity(x)) if t.requires_grad)
 
     return step
 
@@ -135,8 +144,7 @@ def case_id_adv_full(m: DavsModel, b: int, cl: bool) -> Step:
 
 def case_id_adv_net1(m: DavsModel, b: int, cl: bool) -> Step:
     x = _images(b * m.cfg.adv_frames, m.cfg.image_size, cl)
-    enc = m.identity_encoder
-    return lambda: enc.stage1(enc.pool(enc.block01(x))).float().mean()
+    return lambda: m.identity_encoder.net1(x).float().mean()
 
 
 def case_video(m: DavsModel, b: int, cl: bool) -> Step:
@@ -169,13 +177,26 @@ def case_heads(m: DavsModel, b: int, cl: bool) -> Step:
     return step
 
 
+def _identity_leaves(m: DavsModel, b: int, cl: bool) -> EncodedIdentity:
+    """`encode_identity` of b random faces as leaf tensors that take gradients, as the encoders'
+    outputs do in a training step, so that a generator case times the generator alone. The
+    editor's copy of the input image stays without gradient, as in training."""
+    with torch.no_grad():
+        ident = m.encode_identity(_images(b, m.cfg.image_size, cl))
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().requires_grad_()
+
+    edit = ident.edit
+    if edit is not None:
+        edit = edit._replace(**{k: leaf(v) for k, v in edit._asdict().items() if k != "image"})
+    return EncodedIdentity(leaf(ident.vec), leaf(ident.net2), edit)
+
+
 def _generator_case(m: DavsModel, b: int, cl: bool, frames: int) -> Step:
-    c = m.cfg
-    pid = torch.randn(b, c.pid_dim, requires_grad=True)
-    s = c.image_size // 8
-    skip = _cl(torch.randn(b, c.ch(160), s, s), cl).requires_grad_()
-    wid = torch.randn(b, frames, c.word_dim, requires_grad=True)
-    return lambda: m.generator(pid, skip, wid).float().mean()
+    ident = _identity_leaves(m, b, cl)
+    wid = torch.randn(b, frames, m.cfg.word_dim, requires_grad=True)
+    return lambda: m.generate(ident, wid).float().mean()
 
 
 def case_gen_seq(m: DavsModel, b: int, cl: bool) -> Step:
@@ -357,6 +378,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--generator", choices=GENERATORS, help="default: the preset's")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per step (B)")
     parser.add_argument("--reps", type=int, default=3, help="timed rounds after 1 warm-up")
     parser.add_argument("--cases", default=",".join(CASES))
@@ -375,7 +397,8 @@ def main() -> int:
     warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
 
     start = time.perf_counter()
-    cfg = DavsConfig.from_preset(args.preset)
+    overrides = {"generator": args.generator} if args.generator else {}
+    cfg = DavsConfig.from_preset(args.preset, **overrides)
     b = args.batch_size
     cases = [c for c in args.cases.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
@@ -392,6 +415,7 @@ def main() -> int:
     machine = machine_info()
     env = {
         "preset": cfg.preset,
+        "generator": cfg.generator,
         "batch_size": b,
         "image_size": cfg.image_size,
         "width": cfg.width,
@@ -403,7 +427,8 @@ def main() -> int:
         "loadavg_start": os.getloadavg(),
     }
     print(
-        f"{cfg.preset} preset, batch {b}, {THREADS} threads, git {env['git']}\n"
+        f"{cfg.preset} preset, {cfg.generator} generator, batch {b}, {THREADS} threads, "
+        f"git {env['git']}\n"
         f"machine: {machine_summary(machine)}\n"
         f"matmul peak this run: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s; "
         f"load {os.getloadavg()[0]:.2f}",

@@ -18,7 +18,8 @@ stream's throughput). For every frame it records:
 and prints p50/p90/p99/max of both, the algorithmic look-ahead, frames/s (frames over the time
 spent in feed/flush, and over the wall time), and whether it kept up with real time (no chunk
 fed more than one chunk late). The last frames of a clip come from `flush` (silence completes
-their windows) and are reported apart: their latency counts from the end of the audio.
+their windows) and are reported apart: their latency counts from the end of the audio. The
+generator (either) is the checkpoint's or the engine's; the JSON records which.
 Writes stream-<backend>-<model>-t<threads>[-realtime].{json,csv} under --out.
 """
 
@@ -162,6 +163,7 @@ def main() -> int:
         "machine": machine,
         "backend": backend,
         "model": name,
+        "generator": cfg.generator,
         "image_size": cfg.image_size,
         "realtime": args.realtime,
         "chunk_ms": 1e3 * chunk_s,
@@ -211,7 +213,8 @@ def main() -> int:
 
     mode = "real time (wall-clock paced)" if args.realtime else "back to back"
     print(f"machine: {machine_summary(machine)}")
-    print(f"{backend} {name} ({cfg.image_size} px), {len(audio) / SR:.1f} s of audio in ", end="")
+    print(f"{backend} {name} ({cfg.image_size} px, {cfg.generator} generator), ", end="")
+    print(f"{len(audio) / SR:.1f} s of audio in ", end="")
     print(f"{1e3 * chunk_s:.0f} ms chunks, {mode}")
     print(f"algorithmic look-ahead: {LOOKAHEAD_MS:.0f} ms after a frame's start ", end="")
     print(f"({LOOKAHEAD_MS - 40:.0f} ms after the end of its own 40 ms of audio)")

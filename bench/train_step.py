@@ -1,12 +1,12 @@
 """One full training step, reference eager fp32 against the CPU fast path the trainer uses.
 
-    python bench/train_step.py [--presets tiny,small] [--stage gen] [--steps 6] [--rounds 2]
-        [--out bench/results]
+    python bench/train_step.py [--presets tiny,small] [--generator davs|mouth_editor]
+        [--stage gen] [--steps 6] [--rounds 2] [--out bench/results]
 
 About 3 minutes on 2 idle cores with the defaults. A step is what `fastdavs.trainer` runs per
 batch (`fastdavs.train_step.TrainStep`): `fastdavs.steps` forward, the D side (backward, Adam),
 the G side (backward, Adam), every loss of the stage, on `steps.example_batch` at the preset's
-batch size. Two arms:
+batch size, with the preset's generator unless --generator names the other. Two arms:
 
     reference  eager float32, contiguous (NCHW) tensors, kernel_backend "ref", glibc malloc
                defaults
@@ -37,7 +37,7 @@ import torch
 from common import csv_text, git, median_p20_p80
 
 from fastdavs.atomic import write_json, write_text
-from fastdavs.config import DavsConfig
+from fastdavs.config import GENERATORS, DavsConfig
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
 from fastdavs.steps import STAGES, example_batch
@@ -55,10 +55,17 @@ def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def worker(arm: str, preset: str, stage: str, steps: int) -> dict:
+def config(preset: str, generator: str | None, **overrides) -> DavsConfig:
+    """The preset's config, with `generator` in place of its own unless None."""
+    if generator:
+        overrides["generator"] = generator
+    return DavsConfig.from_preset(preset, **overrides)
+
+
+def worker(arm: str, preset: str, generator: str | None, stage: str, steps: int) -> dict:
     """Run one arm in this process: one warm-up step, then `steps` timed ones."""
     fast = arm == "fast"
-    cfg = DavsConfig.from_preset(preset, kernel_backend="auto" if fast else "ref")
+    cfg = config(preset, generator, kernel_backend="auto" if fast else "ref")
     heap = retain_heap() if fast else False
     torch.manual_seed(0)
     model = DavsModel(cfg).train()
@@ -86,9 +93,10 @@ def worker(arm: str, preset: str, stage: str, steps: int) -> dict:
     }
 
 
-def _spawn(arm: str, preset: str, stage: str, steps: int) -> dict:
+def _spawn(arm: str, preset: str, generator: str | None, stage: str, steps: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", arm, "--presets", preset, "--stage", stage]
-    done = subprocess.run(cmd + ["--steps", str(steps)], capture_output=True, text=True)
+    cmd += ["--steps", str(steps)] + (["--generator", generator] if generator else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{arm} worker for {preset} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -101,14 +109,15 @@ def _loss_gap(a: dict[str, float], b: dict[str, float]) -> tuple[str, float]:
     return name, gaps[name]
 
 
-def compare(preset: str, stage: str, steps: int, rounds: int) -> dict:
+def compare(preset: str, generator: str | None, stage: str, steps: int, rounds: int) -> dict:
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for r in range(rounds):
         for arm in ARMS:
-            runs[arm].append(_spawn(arm, preset, stage, steps))
+            runs[arm].append(_spawn(arm, preset, generator, stage, steps))
             print(f"  {preset} round {r + 1}/{rounds}: {arm} done", flush=True)
-    batch = DavsConfig.from_preset(preset).optim.batch_size
-    row: dict = {"preset": preset, "stage": stage, "batch": batch}
+    cfg = config(preset, generator)
+    batch = cfg.optim.batch_size
+    row: dict = {"preset": preset, "generator": cfg.generator, "stage": stage, "batch": batch}
     for arm in ARMS:
         med, p20, p80 = median_p20_p80([t for run in runs[arm] for t in run["times"]])
         row |= {f"{arm}_ms": med * 1e3, f"{arm}_p20_ms": p20 * 1e3, f"{arm}_p80_ms": p80 * 1e3}
@@ -128,6 +137,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--presets", default="tiny,small")
+    parser.add_argument("--generator", choices=GENERATORS, help="default: each preset's")
     parser.add_argument("--stage", default="gen", choices=STAGES)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="processes per arm, alternating")
@@ -135,7 +145,8 @@ def main() -> int:
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.presets, args.stage, args.steps)))
+        result = worker(args.worker, args.presets, args.generator, args.stage, args.steps)
+        print(json.dumps(result))
         return 0
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 and --rounds at least 1")
@@ -147,10 +158,14 @@ def main() -> int:
         f"machine: {machine_summary(machine)}",
         flush=True,
     )
-    rows = [compare(p, args.stage, args.steps, args.rounds) for p in args.presets.split(",")]
+    rows = [
+        compare(p, args.generator, args.stage, args.steps, args.rounds)
+        for p in args.presets.split(",")
+    ]
 
     head = (
-        f"{'preset':7s} {'batch':>5s} {'reference ms [p20, p80]':>26s} {'fast ms [p20, p80]':>26s}"
+        f"{'preset':7s} {'generator':12s} {'batch':>5s} {'reference ms [p20, p80]':>26s} "
+        f"{'fast ms [p20, p80]':>26s}"
         f" {'ref/s':>7s} {'fast/s':>7s} {'speedup':>7s}  loss gap step 1 / last"
     )
     print("\n" + head + "\n" + "-" * len(head))
@@ -158,7 +173,7 @@ def main() -> int:
         ref = f"{r['reference_ms']:.0f} [{r['reference_p20_ms']:.0f}, {r['reference_p80_ms']:.0f}]"
         fast = f"{r['fast_ms']:.0f} [{r['fast_p20_ms']:.0f}, {r['fast_p80_ms']:.0f}]"
         print(
-            f"{r['preset']:7s} {r['batch']:5d} {ref:>26s} {fast:>26s} "
+            f"{r['preset']:7s} {r['generator']:12s} {r['batch']:5d} {ref:>26s} {fast:>26s} "
             f"{r['reference_samples_per_s']:7.1f} {r['fast_samples_per_s']:7.1f} "
             f"{r['speedup']:6.2f}x  {r['loss_gap_step1']:.1e} ({r['loss_gap_step1_part']}) / "
             f"{r['loss_gap_last']:.1e} ({r['loss_gap_last_part']})"
