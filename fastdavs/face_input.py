@@ -244,14 +244,21 @@ def _even(image: np.ndarray) -> np.ndarray:
 
 
 class Compositor:
-    """Paste generated crops back into the face's source image with a soft elliptical mask.
+    """Paste generated crops back into the face's source image.
 
-    Only the box of the source that the crop covers is touched: each call warps the crop
-    `(S, S, 3)` back with the inverse of `FaceInput.matrix` (bilinear) into that box and blends
-    it over the source there. Returns a new uint8 RGB frame of the source's size.
+    Only the box of the source that the crop covers is touched. Two ways, by what the generator
+    makes:
+    - `edit=False` (a generator that redraws the face): each crop `(S, S, 3)` is warped back with
+      the inverse of `FaceInput.matrix` (bilinear) and blended over the source with a soft
+      elliptical mask.
+    - `edit=True` (the mouth editor, whose output is the identity crop plus a change): only the
+      change, crop - `FaceInput.crop`, is warped back and added to the source. Wherever the
+      generator left the crop as it was, the source keeps its own pixels at its own resolution,
+      so a portrait stays as sharp as it was outside the edited lower face.
+    Returns a new uint8 RGB frame of the source's size.
     """
 
-    def __init__(self, face: FaceInput):
+    def __init__(self, face: FaceInput, edit: bool = False):
         self.source = face.source
         s = face.crop.shape[0]
         inv = cv2.invertAffineTransform(face.matrix)  # crop -> source
@@ -263,15 +270,24 @@ class Compositor:
         self.box = (slice(y0, y1), slice(x0, x1))
         self.size = (int(x1 - x0), int(y1 - y0))
         self.inv = np.column_stack([inv[:, :2], inv[:, 2] - (x0, y0)])  # crop -> box pixels
-        self.mask = cv2.warpAffine(soft_mask(s), self.inv, self.size, flags=cv2.INTER_LINEAR)
-        self.mask = self.mask[..., None]  # [h, w, 1] float32 in [0, 1]; 0 outside the crop
         self.background = self.source[self.box].astype(np.float32)
+        self.reference = face.crop.astype(np.float32) if edit else None  # [S, S, 3]
+        if not edit:
+            self.mask = cv2.warpAffine(soft_mask(s), self.inv, self.size, flags=cv2.INTER_LINEAR)
+            self.mask = self.mask[..., None]  # [h, w, 1] float32 in [0, 1]; 0 outside the crop
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
         """crop uint8 `(S, S, 3)` -> the source with it pasted in, uint8 `(H, W, 3)`."""
-        face = cv2.warpAffine(crop, self.inv, self.size, flags=cv2.INTER_LINEAR)
         out = self.source.copy()
-        blend = self.background + self.mask * (face.astype(np.float32) - self.background)
+        if self.reference is not None:
+            change = crop.astype(np.float32) - self.reference  # [S, S, 3], 0 where unedited
+            # Border 0: no change outside the crop.
+            blend = self.background + cv2.warpAffine(
+                change, self.inv, self.size, flags=cv2.INTER_LINEAR
+            )
+        else:
+            face = cv2.warpAffine(crop, self.inv, self.size, flags=cv2.INTER_LINEAR)
+            blend = self.background + self.mask * (face.astype(np.float32) - self.background)
         out[self.box] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         return out
 

@@ -138,7 +138,8 @@ def generate(o: GenerateOptions) -> GenerateResult:
     elif o.finetune_steps:
         synth.finetune(face.crop, video=driver.first(FINETUNE_WINDOWS), steps=o.finetune_steps)
     identity = synth.identity(face.crop)
-    paste = Compositor(face) if o.paste_back else None
+    edits = synth.config.generator == "mouth_editor"
+    paste = Compositor(face, edit=edits) if o.paste_back else None
     size = face.source.shape[:2] if paste else (s, s)
     log.info(
         "%s: %d frames (%.2f s) of %dx%d at %d fps, %s model (%s, %d px)",
@@ -189,8 +190,9 @@ HELP = {
     "face_frame": "frame of a face video to use (0-based)",
     "box": "face box X,Y,W,H in pixels of FACE, when Haar detection misses the face or "
     "finds another",
-    "paste_back": "composite the generated face into FACE's picture with a soft mask, instead "
-    "of writing the aligned S x S crop",
+    "paste_back": "composite the generated face into FACE's picture instead of writing the "
+    "aligned S x S crop (the mouth editor's change alone is added, so the rest of the picture "
+    "keeps its resolution; the davs decoder's face is blended in with a soft mask)",
     "align_smoothing": "Gaussian sigma in frames of the driving video's face track (0: none); "
     "per-frame alignment alone makes the face zoom in and out",
     "wid_scale": "multiply the word-ID features by this before the generator: above 1 "

@@ -352,6 +352,29 @@ def test_compositor_puts_the_crop_back_where_it_came_from(media):
     assert (white[int(cy), int(cx)] == 255).all()  # the face centre is the crop's
 
 
+def test_compositor_adds_only_the_edit_to_the_picture(media):
+    """edit=True (the mouth editor): an unchanged crop gives the photo back bit for bit, at its
+    own resolution; a change inside the crop's lower half moves only the pixels it maps to."""
+    face = load_face(media["photo"], image_size=64)
+    paste = Compositor(face, edit=True)
+    photo = face.source
+    np.testing.assert_array_equal(paste(face.crop), photo)
+    edited = face.crop.copy()
+    edited[40:56, 16:48] = 255 - edited[40:56, 16:48]  # a block of the lower face, inverted
+    out = paste(edited).astype(int)
+    changed = np.abs(out - photo.astype(int)).max(-1) > 0  # [H, W]
+    # Where the block lands in the photo, through the same inverse warp (one crop pixel each
+    # side for the bilinear footprint).
+    inv = cv2.invertAffineTransform(face.matrix)
+    corners = np.array([[15, 39], [49, 39], [15, 57], [49, 57]], dtype=np.float64) - 0.5
+    xy = corners @ inv[:, :2].T + inv[:, 2]
+    (x0, y0), (x1, y1) = np.floor(xy.min(0)).astype(int), np.ceil(xy.max(0)).astype(int)
+    inside = np.zeros_like(changed)
+    inside[y0 : y1 + 1, x0 : x1 + 1] = True
+    assert changed.any() and not (changed & ~inside).any()
+    assert (changed[inside].mean()) > 0.5  # the block's pixels moved
+
+
 def test_face_from_a_video_and_from_a_box(media, tmp_path):
     """FACE as a video: the first frame with a face or the one asked for; --box instead of
     Haar finds the same face; a video without a face names its frames."""
