@@ -55,7 +55,7 @@ from fastdavs.metrics import psnr
 from fastdavs.model import DavsModel
 
 BATCH = 25  # one second of video
-# Targets of issue 6, reported against, never adjusted.
+# The latency targets, reported against, never adjusted.
 TARGET_PAPER_FPS, TARGET_PSNR_DB, TARGET_SMALL_MS = 25.0, 35.0, 10.0
 # Timing budget per (path, batch): stop after `reps` calls or `budget` seconds (at least 3).
 REPS = {1: 100, BATCH: 12}

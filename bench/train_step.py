@@ -44,7 +44,7 @@ from fastdavs.steps import STAGES, example_batch
 from fastdavs.train_step import TrainStep, retain_heap
 
 ARMS = ("reference", "fast")
-TARGET = 3.0  # issue 5: small preset, fast path >= 3x the reference samples/s
+TARGET = 3.0  # target: small preset, fast path >= 3x the reference samples/s
 
 
 def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

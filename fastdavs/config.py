@@ -351,16 +351,16 @@ def _small() -> DavsConfig:
         # A short CPU schedule: `python -m fastdavs.train --amp` (data and evaluation included)
         # in 30 minutes on 2 CPU cores, at about 0.75 / 0.95 / 1.9 s per pid / wid / gen step
         # (batch 16). To learn that fast, lr is 5x the original's and the modality flip weight
-        # 1 instead of 5. Measured over the first 60 steps of `wid` (issue 4 notes): audio word
+        # 1 instead of 5. Measured over the first 60 steps of `wid`: audio word
         # CE 3.05 at lr 1e-3 with flip 5, 0.72 with flip 1, 3.3 at lr 2e-4; `gen`
         # reconstruction after 40 steps 155 at lr 1e-3 against 215 at 2e-4. The uniform-softmax
         # adversaries weigh 1e4, not 1e6: at 1e6 the gen stage wiped out the video word space
         # (held-out video word accuracy 3.1%, retrieval R@1 0%) without lowering the identity
-        # probe; at 1e4, 71.6% and 37% (full default runs, issue 4 notes).
+        # probe; at 1e4, 71.6% and 37% (full default runs with the davs decoder).
         loss=LossWeights(modality_flip=1.0, pid_uniform=1e4, wid_uniform=1e4),
         # The adversaries' classifiers stay at that lr: at 10x (with the wid->person adversary's
         # input standardised) its cross-entropy still read chance all through gen, and the
-        # held-out video word accuracy fell from 72% to 40% (issue 4 notes, session 4).
+        # held-out video word accuracy fell from 72% to 40% (a full default run).
         optim=OptimConfig(lr=1e-3),
         schedule=ScheduleConfig(
             pid_steps=100,

@@ -1,4 +1,4 @@
-"""Evaluation metrics of DAVS (spec/davs.md §5, issue 4 item 7), as pure functions on tensors.
+"""Evaluation metrics of DAVS (spec/davs.md §5), as pure functions on tensors.
 
 Where they sit in the data flow: `fastdavs-eval` runs the model over held-out data, collects
 logits, embeddings and generated frames, and calls these functions; nothing here loads data or

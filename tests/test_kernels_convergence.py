@@ -11,7 +11,10 @@ another.
 So each fused path is judged by its error against the truth, computed in float64 with the
 reference backend, next to the fp32 reference's own error against the same truth:
 
-    |fused - truth| <= SLACK * |ref32 - truth| + FLOOR * |truth|      (L2 norms per tensor)
+    |fused - truth| <= SLACK * |ref32 - truth| + FLOOR * |truth of the layer|   (L2 norms)
+
+per tensor; "the layer" is every gradient of the module that owns the tensor (a convolution's
+or a BatchNorm's weight and bias together), and for a loss value the value itself.
 
 - `|ref32 - truth|` is this machine's fp32 rounding, amplified by the model exactly as the fused
   path's is: the two paths run the same ops but for the kernels, in the same precision.
@@ -22,10 +25,22 @@ reference backend, next to the fp32 reference's own error against the same truth
 - FLOOR = 2**-14 (about 6e-5, 1024 units of fp32 rounding): where the reference happens to be
   almost exact, a fused sum of K terms may still be off by its own rounding, sqrt(K) u for K up
   to a few thousand (the dw reductions over B*T), about 2**-18; the floor is 16x that.
+- The floor is relative to the layer, not the tensor alone, because a gradient can be zero by
+  the model's structure while its rounding is not. A BatchNorm followed (through a ReLU and a
+  convolution) by another BatchNorm gives the same output when its weight and bias are scaled
+  together, so weight . dL/dweight + bias . dL/dbias = 0: with the bias still near 0 the weight's
+  gradient is near 0 too (1e-6 to 1e-4 for the video encoder's first BatchNorm, against 0.1 for
+  its bias), yet both are sums of the same terms (dL/dbias = sum dy, dL/dweight = sum dy * x_hat)
+  with the same absolute rounding, about 3e-7. That weight gradient is rounding noise in fp32,
+  up to 2% of itself in the reference too, and the ratio of two such noises over its 8 elements
+  is heavy-tailed (it reached 4.6 with ONEDNN_MAX_CPU_ISA=AVX2); scaled by the layer's gradient,
+  the floor is the size of the rounding that the terms allow.
 A wrong kernel (a missed tile, a wrong index, a gradient off by a few percent) breaks this by
-orders of magnitude, whatever the CPU. Measured on an AMD Zen 4 (AVX-512) with oneDNN's default
-kernels and with ONEDNN_MAX_CPU_ISA=AVX2, AVX and SSE41: the fused error is at most 1.8x the
-reference's wherever that is not tiny, and the tightest check uses 0.43 of its bound.
+orders of magnitude, whatever the CPU: scaling any one launcher's output by 1.001 fails the
+one-step test by 15x to 30x. Measured on an AMD Zen 4 (AVX-512) with oneDNN's default kernels
+and with ONEDNN_MAX_CPU_ISA=AVX2, AVX and SSE41: the fused error is at most 1.65x the
+reference's wherever that exceeds 1e-6 of the layer's gradient, and no check uses more than
+0.25 of its bound (that is where the fused and reference results are equal).
 
 What is compared is stable by construction: every comparison starts from identical weights, so
 the differences are one step's rounding. Training itself is not compared step after step:
@@ -134,16 +149,34 @@ def _generator_step(model: DavsModel, batch: dict, stage: str) -> tuple[dict, di
     return {k: v.double() for k, v in parts.items()}, grads
 
 
-def _check(what: str, fused: torch.Tensor, ref: torch.Tensor, truth: torch.Tensor) -> None:
-    """The bound of the module docstring for one tensor (or one loss value)."""
+def _check(
+    what: str,
+    fused: torch.Tensor,
+    ref: torch.Tensor,
+    truth: torch.Tensor,
+    layer: float | None = None,
+) -> None:
+    """The bound of the module docstring for one tensor or loss value; `layer` is the norm of
+    the owning layer's float64 gradient (`_layer_norms`), None for a loss value."""
     truth = truth.double()
     err_fused = (fused.double() - truth).norm().item()
     err_ref = (ref.double() - truth).norm().item()
-    bound = SLACK * err_ref + FLOOR * truth.norm().item()
+    scale = truth.norm().item() if layer is None else layer
+    bound = SLACK * err_ref + FLOOR * scale
     assert err_fused <= bound, (
         f"{what}: fused error {err_fused:.3g} against float64, above {bound:.3g} "
-        f"(fp32 reference error {err_ref:.3g}, |truth| {truth.norm().item():.3g})"
+        f"(fp32 reference error {err_ref:.3g}, |truth| {truth.norm().item():.3g}, "
+        f"|layer| {scale:.3g})"
     )
+
+
+def _layer_norms(grads: dict[str, torch.Tensor]) -> dict[str, float]:
+    """For each parameter name, the L2 norm of all gradients of the module that owns it."""
+    layers: dict[str, float] = {}
+    for name, g in grads.items():
+        layer = name.rpartition(".")[0]
+        layers[layer] = layers.get(layer, 0.0) + g.double().square().sum().item()
+    return {name: layers[name.rpartition(".")[0]] ** 0.5 for name in grads}
 
 
 @pytest.fixture
@@ -170,8 +203,9 @@ def test_one_step_losses_and_gradients_match_the_reference(monkeypatch, same_mas
         assert parts_f.keys() == parts_t.keys() and grads_f.keys() == grads_t.keys()
         for key in parts_t:
             _check(f"{stage} loss {key}", parts_f[key], parts_r[key], parts_t[key])
+        layer = _layer_norms(grads_t)
         for name in grads_t:
-            _check(f"{stage} grad {name}", grads_f[name], grads_r[name], grads_t[name])
+            _check(f"{stage} grad {name}", grads_f[name], grads_r[name], grads_t[name], layer[name])
     assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
 
 
@@ -195,10 +229,10 @@ def test_gradients_match_along_a_training_trajectory(monkeypatch, same_masks, wo
             (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = out.values()
             for key in parts_t:
                 _check(f"{stage} step {step} loss {key}", parts_f[key], parts_r[key], parts_t[key])
+            layer = _layer_norms(grads_t)
             for name in grads_t:
-                _check(
-                    f"{stage} step {step} grad {name}", grads_f[name], grads_r[name], grads_t[name]
-                )
+                what = f"{stage} step {step} grad {name}"
+                _check(what, grads_f[name], grads_r[name], grads_t[name], layer[name])
             adam.step()  # the gradients of the float64 model's last backward
     moved = max((p.detach() - start[n]).abs().max().item() for n, p in truth.named_parameters())
     assert moved > cfg.optim.lr, "training did not move the weights: later steps would repeat"

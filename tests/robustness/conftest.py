@@ -1,4 +1,4 @@
-"""The robustness report (issue 8): every test under tests/robustness/ is one case, recorded
+"""The robustness report: every test under tests/robustness/ is one case, recorded
 with the command it ran, its outcome, its time and its peak memory, and printed as one table
 at the end of the session:
 

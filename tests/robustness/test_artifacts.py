@@ -1,4 +1,4 @@
-"""Checkpoint and engine directories edited by hand (issue 8, item 3): weights of another shape
+"""Checkpoint and engine directories edited by hand: weights of another shape
 with the manifest made consistent again (so only the shape check can catch it), config.json
 swapped for another preset's, a truncated file, a changed byte. `load_model` /
 `fastdavs.engines.load` raise one error naming the file and what does not match, and

@@ -1,5 +1,5 @@
-"""Hostile inputs to `fastdavs-train`, `fastdavs-eval` and `fastdavs-build-engine` (issue 8, item
-1, the remaining commands): missing, corrupt or mismatched data, unwritable or odd output paths,
+"""Hostile inputs to `fastdavs-train`, `fastdavs-eval` and `fastdavs-build-engine`:
+missing, corrupt or mismatched data, unwritable or odd output paths,
 a --resume with nothing to resume, a damaged checkpoint, bad build options. A failure is exit
 status 2 and one stderr line `PROG: error: ...` naming the path and the problem, no traceback,
 and nothing partial left (no run files, no checkpoint, no results file, no engine or `.tmp-*`

@@ -1,4 +1,4 @@
-"""Hostile inputs to `fastdavs-generate` (issue 8): every file is made here, in tmp_path, and
+"""Hostile inputs to `fastdavs-generate`: every file is made here, in tmp_path, and
 every case states its exact outcome. A failure is exit status 2 and one stderr line naming the
 file and the problem, no traceback, and nothing at OUT or beside it (no temporary file). A job
 that can be done (any wav bit depth, rate or channel count, a grey or RGBA face, unicode paths,

@@ -1,4 +1,4 @@
-"""`fastdavs-prepare` on hostile LRW trees (issue 8, item 1, the prepare side). The documented
+"""`fastdavs-prepare` on hostile LRW trees. The documented
 recovery for a clip that cannot be used is to skip it: the good clips are prepared, the run
 exits 0 and lists every skipped clip with the reason, and `index.json` keeps them. A tree where
 no clip can be used, and an OUT that cannot be written, are errors: exit 2, one line, and no

@@ -1,4 +1,4 @@
-"""Faults during `fastdavs-train` (issue 8, item 2), through the command on the tiny preset: a
+"""Faults during `fastdavs-train`, through the command on the tiny preset: a
 kill -9 in the middle of a checkpoint write, then `--resume`; a full disk during a checkpoint
 save. Both leave the previous checkpoint loadable and the run resumable.
 
