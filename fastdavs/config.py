@@ -21,6 +21,7 @@ from fastdavs.errors import FastdavsError
 
 WORD_HEADS = ("concat", "tcn")
 GENERATORS = ("davs", "mouth_editor")
+LR_DECAYS = ("constant", "linear")
 KERNEL_BACKENDS = ("auto", "triton", "ref")  # as fastdavs.kernels.temporal_conv
 
 
@@ -57,6 +58,14 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     batch_size: int = 16  # clips per step
+    # "constant" (the original) or "linear": the lr of the last stage, `gen`, falls linearly
+    # from its full value at the first step to 0 after the last (`lr_scale`). The earlier
+    # stages keep theirs: `gen` goes on training what they train, at the full lr.
+    lr_decay: str = "constant"
+
+    def lr_scale(self, stage: str, step: int, total: int) -> float:
+        """Factor on the lr of `stage`'s step `step` (0-based) of `total` scheduled steps."""
+        return 1.0 - step / total if self.lr_decay == "linear" and stage == "gen" else 1.0
 
 
 @dataclass
@@ -213,6 +222,10 @@ class DavsConfig:
             raise ConfigError(f"optim={o}: need lr > 0, adversary_lr_scale > 0 and betas in [0, 1)")
         if o.batch_size < 1:
             raise ConfigError(f"optim.batch_size={o.batch_size}: must be at least 1")
+        if o.lr_decay not in LR_DECAYS:
+            raise ConfigError(
+                f"optim.lr_decay={o.lr_decay!r}: choose one of {', '.join(LR_DECAYS)}"
+            )
         for f in dataclasses.fields(self.schedule):
             value = getattr(self.schedule, f.name)
             low = 0 if f.name.endswith("_steps") or f.name == "seed" else 1
@@ -361,7 +374,7 @@ def _small() -> DavsConfig:
         # The adversaries' classifiers stay at that lr: at 10x (with the wid->person adversary's
         # input standardised) its cross-entropy still read chance all through gen, and the
         # held-out video word accuracy fell from 72% to 40% (a full default run).
-        optim=OptimConfig(lr=1e-3),
+        optim=OptimConfig(lr=1e-3, lr_decay="linear"),
         schedule=ScheduleConfig(
             pid_steps=100,
             wid_steps=300,

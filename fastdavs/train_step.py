@@ -81,6 +81,7 @@ class TrainStep:
     ):
         self.model, self.cfg, self.device, self.amp, self.world = model, cfg, device, amp, world
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.base_lrs: dict[str, list[float]] = {}  # each side's group lrs before `set_lr_scale`
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
         self.bf16_cpu = amp and device.type == "cpu" and cpu_has_native_bf16()
         if amp and device.type == "cpu" and not self.bf16_cpu:
@@ -108,6 +109,14 @@ class TrainStep:
                     groups.append({"params": params, "lr": o.lr * scale})
             if groups:
                 self.optimizers[side] = torch.optim.Adam(groups, betas=(o.beta1, o.beta2))
+                self.base_lrs[side] = [g["lr"] for g in groups]
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Set every group's lr to `scale` times the one `make_optimizers` gave it (a resumed
+        optimiser's saved lr is overwritten, so the schedule depends on the step alone)."""
+        for side, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[side], strict=True):
+                group["lr"] = base * scale
 
     def autocast_dtype(self) -> torch.dtype:
         """What `amp` computes in: fp16 on CUDA, bf16 on a CPU with native bf16, else float32."""

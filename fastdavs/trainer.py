@@ -5,7 +5,8 @@ resume, a non-finite guard, mixed precision, NVTX ranges and multi-process data 
                                                                    └── every N: checkpoint
 
 One step (optimisers, precision, gradient all-reduce) is `fastdavs.train_step.TrainStep`.
-Each stage has its own Adam optimisers (lr and betas from `cfg.optim`): `pid` trains the
+Each stage has its own Adam optimisers (lr and betas from `cfg.optim`; with `lr_decay`, the `gen`
+lr falls over its scheduled steps, whatever `--steps` bounds the run to): `pid` trains the
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
 classifier (G) against the modality discriminator (D); `render` the generator alone on the
 frozen encoders (G only); `gen` the whole generator side (G) against every discriminator and
@@ -226,6 +227,7 @@ class Trainer:
     def _run_stage(self, stage: str) -> None:
         sched = self.cfg.schedule
         total = self._total_steps(stage)
+        scheduled = getattr(sched, f"{stage}_steps")  # the lr schedule ignores --steps
         if self.pos.step >= total:
             return
         self.model.train()
@@ -243,6 +245,7 @@ class Trainer:
             while self.pos.step < total:
                 with nvtx.annotate("data", color="blue"):
                     batch = next(batches)
+                self.step.set_lr_scale(self.cfg.optim.lr_scale(stage, self.pos.step, scheduled))
                 parts = self.step(stage, batch)
                 self.pos.consumed += self.cfg.optim.batch_size
                 self.pos.step += 1

@@ -78,6 +78,20 @@ def test_invalid_nested_values_name_the_field():
     data["optim"]["batch_size"] = 0
     with pytest.raises(ConfigError, match=r"optim\.batch_size=0"):
         DavsConfig.from_dict(data)
+    data = DavsConfig.from_preset("tiny").to_dict()
+    data["optim"]["lr_decay"] = "cosine"
+    with pytest.raises(ConfigError, match=r"optim\.lr_decay='cosine': choose one of constant"):
+        DavsConfig.from_dict(data)
+
+
+def test_a_config_written_before_lr_decay_reads_as_constant():
+    """config.json of runs made before the field existed: the original constant lr."""
+    data = DavsConfig.from_preset("small").to_dict()
+    del data["optim"]["lr_decay"]
+    optim = DavsConfig.from_dict(data).optim
+    assert optim.lr_decay == "constant" and optim.lr_scale("gen", 5, 10) == 1.0
+    linear = dataclasses.replace(optim, lr_decay="linear")
+    assert linear.lr_scale("gen", 5, 10) == 0.5 and linear.lr_scale("wid", 5, 10) == 1.0
 
 
 def test_json_errors_are_clear(tmp_path):

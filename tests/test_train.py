@@ -118,6 +118,53 @@ def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
                 assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (ra["step"], key)
 
 
+def test_linear_lr_decay_follows_the_step_across_a_resume(shards, tmp_path, monkeypatch):
+    """`optim.lr_decay="linear"`: step i of `gen` scheduled for N steps runs at lr * (1 - i/N)
+    in every group of both sides, whatever --steps bounds the run to, while `wid` keeps its lr;
+    a resumed run picks the schedule up from its step (the optimiser state it loads carries
+    the last step's lr, which must not leak into the next)."""
+    seen: list[tuple[str, int, list[float]]] = []
+    real = Trainer.__init__
+
+    def spying(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        call = self.step.__call__
+
+        def step(stage, batch):
+            lrs = [g["lr"] for o in self.step.optimizers.values() for g in o.param_groups]
+            seen.append((stage, self.pos.step, lrs))
+            return call(stage, batch)
+
+        self.step = _Delegate(self.step, step)
+
+    monkeypatch.setattr(Trainer, "__init__", spying)
+    optim = dataclasses.replace(DavsConfig.from_preset("tiny").optim, lr=1e-3, lr_decay="linear")
+    schedule = dataclasses.replace(DavsConfig.from_preset("tiny").schedule, wid_steps=2)
+    cfg = DavsConfig.from_preset("tiny", optim=optim, schedule=schedule)
+    run = tmp_path / "run"
+    opts = RunOptions(data=shards, out=run, stages=("wid", "gen"), workers=0, evaluate=False)
+    Trainer(cfg, dataclasses.replace(opts, max_steps=2)).run()  # wid done, gen steps 0, 1 of 4
+    Trainer(cfg, dataclasses.replace(opts, resume=True)).run()  # gen steps 2, 3
+    expected = [("wid", 0, 1e-3), ("wid", 1, 1e-3)]
+    expected += [("gen", i, 1e-3 * (1 - i / 4)) for i in range(4)]
+    assert [s[:2] for s in seen] == [e[:2] for e in expected]
+    for (*_, lrs), (*_, lr) in zip(seen, expected, strict=True):
+        assert len(lrs) == 2 and lrs == pytest.approx([lr, lr])  # a G and a D side, one group each
+
+
+class _Delegate:
+    """`inner` with its __call__ replaced by `call` (special methods are looked up on the type)."""
+
+    def __init__(self, inner, call):
+        self._inner, self._call = inner, call
+
+    def __call__(self, *args):
+        return self._call(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkeypatch):
     schedule = dataclasses.replace(DavsConfig.from_preset("tiny").schedule, wid_steps=10)
     cfg = DavsConfig.from_preset("tiny", schedule=schedule)
