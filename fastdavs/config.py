@@ -362,11 +362,13 @@ def _small() -> DavsConfig:
         # face, trained alone on frozen word-ID for ~1,500 steps, reached 27.4 dB.
         generator="mouth_editor",
         # A short CPU schedule: `python -m fastdavs.train --amp` (data and evaluation included)
-        # in 30 minutes on 2 CPU cores, at about 0.75 / 0.95 / 1.9 s per pid / wid / gen step
-        # (batch 16). To learn that fast, lr is 5x the original's and the modality flip weight
-        # 1 instead of 5. Measured over the first 60 steps of `wid`: audio word
-        # CE 3.05 at lr 1e-3 with flip 5, 0.72 with flip 1, 3.3 at lr 2e-4; `gen`
-        # reconstruction after 40 steps 155 at lr 1e-3 against 215 at 2e-4. The uniform-softmax
+        # in 16 minutes on 2 Zen 4 cores with bf16, at about 0.5 / 0.47 / 0.33 / 0.96 s per
+        # pid / wid / render / gen step (batch 16); the budget is 30 minutes on 2 AVX2 cores
+        # in float32 (the davs-decoder schedule took 24 there). To learn that fast, lr is 5x
+        # the original's and the modality flip weight 1 instead of 5. Measured over the first
+        # 60 steps of `wid`: audio word CE 3.05 at lr 1e-3 with flip 5, 0.72 with flip 1, 3.3
+        # at lr 2e-4; `gen` reconstruction after 40 steps 155 at lr 1e-3 against 215 at 2e-4
+        # (davs decoder). The uniform-softmax
         # adversaries weigh 1e4, not 1e6: at 1e6 the gen stage wiped out the video word space
         # (held-out video word accuracy 3.1%, retrieval R@1 0%) without lowering the identity
         # probe; at 1e4, 71.6% and 37% (full default runs with the davs decoder).
@@ -374,11 +376,20 @@ def _small() -> DavsConfig:
         # The adversaries' classifiers stay at that lr: at 10x (with the wid->person adversary's
         # input standardised) its cross-entropy still read chance all through gen, and the
         # held-out video word accuracy fell from 72% to 40% (a full default run).
+        # The gen lr falls linearly to 0: from the same render checkpoint, 450 gen steps gave
+        # held-out audio-driven mouth PSNR 28.09 dB against 27.76 at a constant lr, audio /
+        # video word accuracy 87.6 / 76.9% against 82.7 / 72.7%, lip reading of generated video
+        # 0.70 against 0.51. Decaying the earlier stages too (their modules go on training in
+        # gen at the full lr) did worse in a full run: mouth 27.20 dB, video words 69.1%.
         optim=OptimConfig(lr=1e-3, lr_decay="linear"),
         schedule=ScheduleConfig(
             pid_steps=100,
             wid_steps=300,
-            render_steps=600,  # a placeholder until measured
+            # render steps cost about a third of a gen step. From the wid checkpoint: 600 render
+            # steps alone reach mouth PSNR 26.4 dB (copy: 24.5), and the gen stage, which also
+            # trains the encoders for the generator, takes it to ~28; 1,200 render + 300 gen
+            # reached 28.4 but held-out video word accuracy fell to 67.8%.
+            render_steps=600,
             gen_steps=450,
             sample_every=150,
             checkpoint_every=50,
