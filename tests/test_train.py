@@ -198,10 +198,9 @@ def test_two_process_data_parallel(shards, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port of the OS's choosing: parallel suites do not collide
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
         "-m",
         "fastdavs.train",
         "--preset",
