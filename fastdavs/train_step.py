@@ -159,10 +159,12 @@ class TrainStep:
             with nvtx.annotate("backward", color="red"):
                 self.scaler.scale(loss).backward()
             params = [q for g in opt.param_groups for q in g["params"] if q.grad is not None]
-            if self.world > 1:
-                for q in params:
-                    dist.all_reduce(q.grad)
-                    q.grad.div_(self.world)
+            if self.world > 1:  # one all-reduce of every gradient, not one per parameter
+                flat = torch.cat([q.grad.reshape(-1) for q in params])
+                dist.all_reduce(flat)
+                flat.div_(self.world)
+                for q, g in zip(params, flat.split([q.numel() for q in params]), strict=True):
+                    q.grad.copy_(g.view_as(q.grad))
             if self.scaler.is_enabled():
                 self.scaler.unscale_(opt)
             finite = all(torch.isfinite(q.grad).all() for q in params)
