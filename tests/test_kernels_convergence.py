@@ -170,6 +170,17 @@ def _check(
     )
 
 
+def _check_step(what: str, fused: tuple, ref: tuple, truth: tuple) -> None:
+    """`_check` every loss part and every gradient of one `_generator_step` per model."""
+    (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = fused, ref, truth
+    assert parts_f.keys() == parts_t.keys() and grads_f.keys() == grads_t.keys()
+    for key in parts_t:
+        _check(f"{what} loss {key}", parts_f[key], parts_r[key], parts_t[key])
+    layer = _layer_norms(grads_t)
+    for name in grads_t:
+        _check(f"{what} grad {name}", grads_f[name], grads_r[name], grads_t[name], layer[name])
+
+
 def _layer_norms(grads: dict[str, torch.Tensor]) -> dict[str, float]:
     """For each parameter name, the L2 norm of all gradients of the module that owns it."""
     layers: dict[str, float] = {}
@@ -195,17 +206,7 @@ def test_one_step_losses_and_gradients_match_the_reference(monkeypatch, same_mas
             )
             for name, model in models.items()
         }
-        (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = (
-            out["fused"],
-            out["ref"],
-            out["truth"],
-        )
-        assert parts_f.keys() == parts_t.keys() and grads_f.keys() == grads_t.keys()
-        for key in parts_t:
-            _check(f"{stage} loss {key}", parts_f[key], parts_r[key], parts_t[key])
-        layer = _layer_norms(grads_t)
-        for name in grads_t:
-            _check(f"{stage} grad {name}", grads_f[name], grads_r[name], grads_t[name], layer[name])
+        _check_step(stage, out["fused"], out["ref"], out["truth"])
     assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
 
 
@@ -226,13 +227,7 @@ def test_gradients_match_along_a_training_trajectory(monkeypatch, same_masks, wo
                     model.load_state_dict(truth.state_dict())
                 dtype = torch.float64 if name == "truth" else torch.float32
                 out[name] = _generator_step(model, batches[dtype], stage)
-            (parts_f, grads_f), (parts_r, grads_r), (parts_t, grads_t) = out.values()
-            for key in parts_t:
-                _check(f"{stage} step {step} loss {key}", parts_f[key], parts_r[key], parts_t[key])
-            layer = _layer_norms(grads_t)
-            for name in grads_t:
-                what = f"{stage} step {step} grad {name}"
-                _check(what, grads_f[name], grads_r[name], grads_t[name], layer[name])
+            _check_step(f"{stage} step {step}", out["fused"], out["ref"], out["truth"])
             adam.step()  # the gradients of the float64 model's last backward
     moved = max((p.detach() - start[n]).abs().max().item() for n, p in truth.named_parameters())
     assert moved > cfg.optim.lr, "training did not move the weights: later steps would repeat"
