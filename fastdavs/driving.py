@@ -11,8 +11,9 @@ of silence in front, and enough at the end, so that output frame k gets exactly 
 model was trained to draw frame k from (centred 27.5 ms after the frame starts): the sound can
 be muxed untouched, starting with frame 0, and lips and sound stay in sync.
 
-Video: the frames nearest in time to each 25 fps output frame are picked, faces found with the
-Haar cascades in one pass (points only are kept), the track gap-filled and smoothed over time
+Video: the frames nearest in time to each 25 fps output frame are picked, the face tracked
+with dlib's detector and landmarks in one pass (`face_detect.track_faces`; points only are
+kept), the track gap-filled and smoothed over time
 (`smooth_points`: the per-frame fits of the original make the face zoom in and out), and the
 frames aligned in a second pass, a chunk at a time. Its sound, if any, goes to the output.
 Dimension letters: N output frames, S samples, F MFCC steps, K coefficients.
@@ -39,7 +40,8 @@ from fastdavs.audio import (
     mfcc,
     mfcc_windows,
 )
-from fastdavs.data.align import align_frames, detect_points_clip, smooth_points
+from fastdavs.data.align import align_frames, smooth_points
+from fastdavs.data.face_detect import track_faces
 from fastdavs.data.video_io import (
     iter_video_frames,
     read_audio,
@@ -133,19 +135,17 @@ class VideoDriver:
         self.path = Path(path)
         self.image_size = image_size
         self.fps = video_frame_rate(self.path)
-        points, found = detect_points_clip(self._frames())
-        self.n_frames = len(points)
-        if not found.any():
+        track = track_faces(self._frames())
+        self.n_frames = len(track.found)
+        if not track.found.any():
             raise DataError(
                 f"{self.path}: no face found in any of its {self.n_frames} frames (at 25 fps); "
                 "the driving video needs a frontal face"
             )
-        if not found.all():
-            log.warning(
-                "%s: no face in %d of %d frames; their alignment is interpolated",
-                self.path, int((~found).sum()), self.n_frames,
-            )  # fmt: skip
-        self.points = smooth_points(points, found, smoothing, self.path)
+        log.info("%s: %s (at 25 fps)", self.path, track.report())
+        if not track.found.all():
+            log.warning("%s: the alignment of the frames without a face is interpolated", self.path)
+        self.points = smooth_points(track.points, track.found, smoothing, self.path)
         self.audio = read_soundtrack(self.path, SAMPLE_RATE)
         if self.audio is None:
             log.warning("%s: has no audio track; the output will be silent", self.path)

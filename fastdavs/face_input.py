@@ -1,7 +1,7 @@
 """The face a talking-face video is made of: one image (or one frame of a video) -> the aligned
 crop the identity encoder reads, and the way back into the picture (paste-back).
 
-    face = load_face("me.jpg", image_size=cfg.image_size)   # Haar face + eyes -> 3 points
+    face = load_face("me.jpg", image_size=cfg.image_size)   # dlib face + landmarks -> 3 points
     face.crop                      # uint8 [S, S, 3]: the model's input
     paste = Compositor(face)       # generated crops back into face.source, soft-edged
     frame = paste(generated)       # uint8 [S, S, 3] -> uint8 [H', W', 3]
@@ -23,13 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastdavs.data.align import (
-    align_frames,
-    aligned_size,
-    alignment_matrix,
-    detect_points_haar,
-    points_in_box,
-)
+from fastdavs.data.align import align_frames, aligned_size, alignment_matrix
+from fastdavs.data.face_detect import best_face, face_in_box, find_faces
 from fastdavs.data.video_io import NoVideoStream, iter_video_frames
 from fastdavs.errors import DataError, OptionError
 
@@ -156,8 +151,9 @@ def load_face(
         path: an image OpenCV reads (jpg, png, webp, bmp, tiff...) or a video PyAV reads.
         frame_index: for a video, the frame to use (0-based); None takes the first frame with
             a face. An error for an image.
-        box: (x, y, w, h) face box in source pixels, instead of Haar face detection (eyes are
-            still searched inside it). With a video and no `frame_index`, frame 0 is used.
+        box: (x, y, w, h) face box in source pixels, to choose the face (the detector's face
+            in it, else the landmarks fitted to the box itself; `face_detect.face_in_box`).
+            With a video and no `frame_index`, frame 0 is used.
         image_size: the model's S.
 
     Returns:
@@ -200,10 +196,15 @@ def load_face(
 
 
 def _find(image: np.ndarray, box, where: str) -> np.ndarray | None:
-    """The 3 points of the face in `image` [H, W, 3] (in `box` if given), or None."""
+    """The 3 points of the face in `image` [H, W, 3] (in `box` if given; else the most confident
+    frontal face, `face_detect.best_face`), or None."""
     if box is not None:
-        return points_in_box(image, _check_box(box, image, where))
-    return detect_points_haar(image)
+        return face_in_box(image, _check_box(box, image, where)).points
+    faces = find_faces(image)
+    if len(faces) > 1:
+        log.info("%s: %d faces found; using the most confident frontal one", where, len(faces))
+    face = best_face(faces)
+    return None if face is None else face.points
 
 
 def _from_video(path: Path, frame_index: int | None, box) -> tuple[np.ndarray, int, np.ndarray]:
@@ -233,6 +234,10 @@ def _from_video(path: Path, frame_index: int | None, box) -> tuple[np.ndarray, i
         raise DataError(
             f"{path}: no face found in frame {n}; pick another with --face-frame, or give the "
             "face box with --box X,Y,W,H"
+        )
+    if frame_index is None and box is None:
+        log.info(
+            "%s: face found in 1 of %d frames read (frame %d, the first with one)", path, n + 1, n
         )
     return frame, n, points
 

@@ -4,9 +4,10 @@
     fastdavs-generate --checkpoint CKPT --face FACE (--audio AUDIO | --driving-video VIDEO)
                       -o OUT.mp4 [--paste-back] [--engine DIR] [--batch-size N] ...
 
-Data flow (DESIGN.md): FACE ──load_face (Haar, 3-point alignment)──► aligned crop ──identity──►
-the generator's cached per-face features; AUDIO ──16 kHz, MFCC──► one window per 25 fps frame
-(AudioDriver), or VIDEO ──Haar, smoothed alignment──► one aligned face per frame (VideoDriver);
+Data flow (DESIGN.md): FACE ──load_face (dlib face + landmarks, 3-point alignment)──► aligned
+crop ──identity──► the generator's cached per-face features; AUDIO ──16 kHz, MFCC──► one window
+per 25 fps frame (AudioDriver), or VIDEO ──face tracked, smoothed alignment──► one aligned face
+per frame (VideoDriver);
 then, a batch at a time, word encoder + generator (`Synthesizer`, eager or engine) ──► frames,
 pasted back into the face's picture with `--paste-back` ──► H.264 mp4 with the speech muxed in
 (`Mp4Writer`, written to a temporary name and renamed at the end: nothing is left at OUT on
@@ -52,7 +53,7 @@ class GenerateOptions:
     checkpoint: str | None = None  # checkpoint or run directory (eager PyTorch)
     engine: str | None = None  # engine directory from fastdavs-build-engine (audio only)
     face_frame: int | None = None  # frame of a face video to use; default: the first with a face
-    box: tuple[float, float, float, float] | None = None  # face box X,Y,W,H instead of Haar
+    box: tuple[float, float, float, float] | None = None  # face box X,Y,W,H: choose the face
     paste_back: bool = False  # write the face's whole picture, not the aligned crop
     align_smoothing: float = 1.0  # Gaussian sigma, frames, of the driving video's face track
     wid_scale: float = 1.0  # word-feature scaling (the original: 1.5 audio, 0.8 video)
@@ -188,8 +189,8 @@ HELP = {
     "engine": "engine directory from fastdavs-build-engine (audio only; with --checkpoint, it "
     "must have been built from that checkpoint)",
     "face_frame": "frame of a face video to use (0-based)",
-    "box": "face box X,Y,W,H in pixels of FACE, when Haar detection misses the face or "
-    "finds another",
+    "box": "face box X,Y,W,H in pixels of FACE, when the detector misses the face or picks "
+    "another (default: the most confident frontal face)",
     "paste_back": "composite the generated face into FACE's picture instead of writing the "
     "aligned S x S crop (the mouth editor's change alone is added, so the rest of the picture "
     "keeps its resolution; the davs decoder's face is blended in with a soft mask)",

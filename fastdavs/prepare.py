@@ -1,7 +1,7 @@
 """`fastdavs-prepare SRC OUT`: an LRW-layout tree of mp4 clips -> packed training shards.
 
     SRC/WORD/{train,val,test}/WORD_00001.mp4 ──read_clip──► frames + 16 kHz audio
-        ──align_clip (sidecar landmarks or Haar)──► aligned frames 2..26
+        ──align_clip (sidecar landmarks, or the face tracked)──► aligned frames 2..26
         ──mfcc + mfcc_windows──► the 25 matching 20x12 windows ──ShardWriter──► OUT/<split>/shard_*
 
 Clips are cut into chunks of `CLIP_CAPACITY`; chunk k of a split always becomes shard k, so the
@@ -13,8 +13,14 @@ leave no index and no shard holding only skips.
 
 SynthLRW clips carry a `.json` sidecar with landmarks, the identity and (format 2 on) the
 per-frame visemes, which become each shard's optional `viseme.npy` (the ground truth of the
-mouth); other trees (real LRW) are aligned with OpenCV's Haar cascades and have no identity
-labels (-1) and no visemes.
+mouth); other trees (real LRW) are aligned on the face tracked by dlib's detector and 68-point
+landmarks (`fastdavs.data.face_detect`) and have no identity labels (-1) and no visemes.
+
+Frames where no face is found are aligned by interpolating the track of their neighbours. A clip
+with a face in fewer than `--min-face-share` of its frames (default 0.8: at most 5 of LRW's 29
+frames, 0.2 s, interpolated) is skipped and listed: past that, a gap spans enough head motion
+that the interpolated crops drift off the mouth, or the clip is not of one talking face at all.
+The run ends with the share of frames with a face over the clips it kept.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import numpy as np
 from tqdm import tqdm
 
 from fastdavs.cli import Parser, add_config_args, config_from_args, run
-from fastdavs.errors import DataError
+from fastdavs.errors import DataError, OptionError
 
 PROG = "fastdavs-prepare"
 SPLITS = ("train", "val", "test")
 CLIP_CAPACITY = 64  # clips per shard (about 20 MB at 64 px, 320 MB at 256 px)
+MIN_FACE_SHARE = 0.8  # a clip with a face in fewer of its frames is skipped (module doc)
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,15 @@ class PreparedClip(NamedTuple):
     mfcc: np.ndarray  # float32 [25, 20, 12] the window of each stored frame
     identity: int  # identity label, -1 where unknown
     visemes: np.ndarray | None  # float32 [25, 4] of the stored frames, None where unknown
+    face_share: float  # share of the clip's frames with a face found
 
 
-def prepare_clip(path: Path, image_size: int) -> PreparedClip:
+def prepare_clip(
+    path: Path, image_size: int, min_face_share: float = MIN_FACE_SHARE
+) -> PreparedClip:
     """One clip -> its aligned frames, MFCC windows, identity label and (SynthLRW sidecars of
-    format 2 on) visemes. Raises DataError for a clip that cannot be used."""
+    format 2 on) visemes. Raises DataError for a clip that cannot be used (among them, one with
+    a face in fewer than `min_face_share` of its frames)."""
     import torch
 
     from fastdavs.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
@@ -120,7 +131,14 @@ def prepare_clip(path: Path, image_size: int) -> PreparedClip:
                     f"finite ({len(clip.frames)}, 4) for {len(clip.frames)} frames"
                 )
             visemes = visemes[FIRST_FRAME:last]
-    aligned = align_clip(clip.frames, image_size, landmarks, path)[FIRST_FRAME:last]
+    aligned, found = align_clip(clip.frames, image_size, landmarks, path)
+    share = float(found.mean())
+    if share < min_face_share:
+        raise DataError(
+            f"{path}: face found in {int(found.sum())} of {len(found)} frames ({share:.0%}), "
+            f"under the {min_face_share:.0%} a clip needs (--min-face-share)"
+        )
+    aligned = aligned[FIRST_FRAME:last]
     # The window of the last stored frame reaches 15 ms past a 29-frame clip's audio (LRW's
     # tracks run longer; `read_clip` stops at the last frame): pad that tail with zeros.
     steps = STEPS_PER_FRAME * (last - 1) + 12  # the window of frame l ends at MFCC step 4l + 12
@@ -128,7 +146,7 @@ def prepare_clip(path: Path, image_size: int) -> PreparedClip:
     audio = np.pad(clip.audio, (0, max(0, need - len(clip.audio))))
     windows, first = mfcc_windows(mfcc(torch.from_numpy(audio)))  # [W, 20, 12], frames 2..
     assert first == FIRST_FRAME
-    return PreparedClip(aligned, windows[:FRAMES_PER_CLIP].numpy(), identity, visemes)
+    return PreparedClip(aligned, windows[:FRAMES_PER_CLIP].numpy(), identity, visemes, share)
 
 
 @dataclass(frozen=True)
@@ -138,23 +156,26 @@ class _Chunk:
     sources: tuple[Source, ...]
 
 
-def _prepare_chunk(args: tuple[_Chunk, Path, int]) -> tuple[int, int]:
+def _prepare_chunk(args: tuple[_Chunk, Path, int, float]) -> tuple[int, int]:
     """Write one shard from one chunk of clips; returns (clips added, clips skipped)."""
     from fastdavs.data.align import aligned_size
     from fastdavs.data.shards import ShardWriter
 
-    chunk, out, image_size = args
+    chunk, out, image_size, min_face_share = args
     added = skipped = 0
     writer = ShardWriter(out / chunk.split, aligned_size(image_size), CLIP_CAPACITY, chunk.shard)
     with writer:
         for src in chunk.sources:
             try:
-                clip = prepare_clip(src.path, image_size)
+                clip = prepare_clip(src.path, image_size, min_face_share)
             except DataError as e:
                 writer.skip(src.clip_id, str(e))
                 skipped += 1
                 continue
-            writer.add(clip.frames, clip.mfcc, src.word, clip.identity, src.clip_id, clip.visemes)
+            writer.add(
+                clip.frames, clip.mfcc, src.word, clip.identity, src.clip_id, clip.visemes,
+                clip.face_share,
+            )  # fmt: skip
             added += 1
     return added, skipped
 
@@ -167,8 +188,16 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | None = None):
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    image_size: int,
+    workers: int | None = None,
+    min_face_share: float = MIN_FACE_SHARE,
+):
     """Prepare every split of `src` into `out` (resumable) and return the written ShardIndex."""
+    if not 0.0 <= min_face_share <= 1.0:
+        raise OptionError(f"--min-face-share {min_face_share}: must be between 0 and 1")
     from fastdavs.data.align import aligned_size
     from fastdavs.data.shards import complete_shards, remove_stale_tmp, shard_name, write_index
 
@@ -186,7 +215,7 @@ def prepare(src: str | Path, out: str | Path, image_size: int, workers: int | No
                 chunks.append(_Chunk(split, shard, tuple(sources[k : k + CLIP_CAPACITY])))
     total = sum(len(c.sources) for c in chunks)
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
-    items = [(c, out, image_size) for c in chunks]
+    items = [(c, out, image_size, min_face_share) for c in chunks]
     try:
         with tqdm(total=total, desc="prepare", unit="clip", dynamic_ncols=True) as bar:
             if workers == 1:
@@ -239,6 +268,23 @@ def _remove_empty_dirs(out: Path, created: bool) -> None:
             d.rmdir()
 
 
+def face_report(out: Path) -> str:
+    """One line on the share of frames with a face over the clips kept in `out`'s shards."""
+    from fastdavs.data.shards import complete_shards, read_meta
+
+    shares = np.array(
+        [x for split in SPLITS for d in complete_shards(out / split)
+         for x in read_meta(d).get("face_share", [])]
+    )  # fmt: skip
+    if not len(shares):
+        return "faces: no clip kept"
+    full = int((shares == 1.0).sum())
+    return (
+        f"faces: found in every frame of {full} of {len(shares)} clips; share of frames with a "
+        f"face: mean {shares.mean():.1%}, lowest {shares.min():.1%}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
@@ -249,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("src", metavar="SRC", help="root of the LRW-layout tree")
     parser.add_argument("out", metavar="OUT", help="output directory for the shards")
     parser.add_argument("--workers", type=int, metavar="N", help="processes (default: all cores)")
+    parser.add_argument(
+        "--min-face-share",
+        type=float,
+        default=MIN_FACE_SHARE,
+        metavar="F",
+        help="skip a clip with a face in fewer than this share of its frames (default: "
+        f"{MIN_FACE_SHARE})",
+    )
     add_config_args(parser, default_preset="small")
     return parser
 
@@ -256,9 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    index = prepare(args.src, args.out, cfg.image_size, args.workers)
+    index = prepare(args.src, args.out, cfg.image_size, args.workers, args.min_face_share)
     for split, entry in index.splits.items():
         print(f"{split}: {entry['clips']} clips in {len(entry['shards'])} shards")
+    print(face_report(Path(args.out)))
     if index.skipped:
         print(f"skipped {len(index.skipped)} clips:")
         for s in index.skipped:

@@ -1,7 +1,7 @@
 """Tests of fastdavs.data.align: the similarity fit against an independent linear least-squares
 solve, the one-matrix alignment against the template written out by hand and against the
 original's three-step pipeline, warping (dot centroids, border, anti-aliasing), temporal
-smoothing, and Haar detection on a real portrait (matplotlib's bundled Grace Hopper photo).
+and temporal smoothing; detection and landmarks are tests/test_face_detect.py's.
 """
 
 import cv2
@@ -226,13 +226,9 @@ def test_antialias_removes_moire():
     assert soft.std() < 5 and abs(soft.mean() - 127.5) < 3
 
 
-def test_three_points_and_mouth_from_eyes():
+def test_three_points():
     lm = np.array([[[30.0, 40], [70, 42], [50, 60], [36, 80], [66, 84]]])
     np.testing.assert_allclose(align.three_points(lm), [[[30, 40], [70, 42], [51, 82]]])
-    np.testing.assert_allclose(align.mouth_from_eyes(*CANVAS_POINTS[:2]), CANVAS_POINTS[2])
-    m = random_similarity(np.random.default_rng(8))
-    moved = apply(m, CANVAS_POINTS)
-    np.testing.assert_allclose(align.mouth_from_eyes(*moved[:2]), moved[2], atol=1e-9)
 
 
 def test_smooth_points_fills_gaps_and_holds_ends():
@@ -274,96 +270,29 @@ def test_align_clip_sidecar_fills_missing_frames():
     lm5 = np.repeat(lm[None], 5, axis=0)
     lm5[1] = np.nan  # a frame the sidecar has no face for
     lm5[3] = 0.0  # and one it filled with zeros
-    out = align.align_clip(frames, 256, landmarks5=lm5, path="x.mp4")
+    out, found = align.align_clip(frames, 256, landmarks5=lm5, path="x.mp4")
+    np.testing.assert_array_equal(found, [True, False, True, False, True])
     for t in range(5):
         want = expected_output_points(256)
         np.testing.assert_allclose(centroids(out[t], want, radius=16), want, atol=0.15)
 
 
-def test_detect_blank_returns_none_and_faceless_clip_raises():
-    assert align.detect_points_haar(np.full((256, 256, 3), 90, np.uint8)) is None
-    assert align.detect_points_haar(np.zeros((120, 160), np.uint8)) is None
+def test_faceless_clip_raises():
     clip = np.full((4, 64, 64, 3), 200, np.uint8)
     with pytest.raises(DataError, match=r"no face found in any of the 4 frames of WORD_00001\.mp4"):
         align.align_clip(clip, 64, path="WORD_00001.mp4")
 
 
-def test_haar_on_real_portrait():
+def test_align_clip_tracks_a_real_portrait():
+    """Without a sidecar the face is tracked (face_detect): the labelled pupils of a real
+    portrait land on the template's eye row of the aligned crop (+-8% of the side)."""
     image = hopper()
-    points = align.detect_points_haar(image)
-    assert points is not None
-    left, right, mouth = points
-    dx, dy = right - left
-    assert dx > 0 and abs(dy) < 0.15 * dx  # ordered left/right, roughly horizontal
-    grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-    faces = align._cascade("haarcascade_frontalface_default.xml").detectMultiScale(grey, 1.1, 5)
-    face_w = faces[:, 2].max()
-    assert 0.3 < dx / face_w < 0.5
-    iod = np.linalg.norm(HOPPER_EYES[1] - HOPPER_EYES[0])
-    assert np.abs(points[:2] - HOPPER_EYES).max() < 0.1 * iod
-    # The labelled pupils land on the template's eye row in the aligned crop (+-8% of the side).
+    aligned, found = align.align_clip(np.stack([image, image[:, ::-1]]), 64)
+    assert aligned.shape == (2, 65, 65, 3) and found.all()
+    from fastdavs.data.face_detect import best_face, find_faces
+
+    points = best_face(find_faces(image)).points
     for size in (256, 64):
         side = align.aligned_size(size)
         eyes = apply(align.alignment_matrix(points, size), HOPPER_EYES)
         np.testing.assert_allclose(eyes, expected_output_points(size)[:2], atol=0.08 * side)
-    aligned = align.align_clip(image[None], 64)
-    assert aligned.shape == (1, 65, 65, 3)
-
-
-def test_haar_eyes_from_face_box_when_eye_cascades_fail(monkeypatch):
-    monkeypatch.setattr(align, "_eyes_in_face", lambda grey, box: None)
-    points = align.detect_points_haar(hopper())
-    iod = np.linalg.norm(HOPPER_EYES[1] - HOPPER_EYES[0])
-    assert np.abs(points[:2] - HOPPER_EYES).max() < 0.1 * iod
-    np.testing.assert_allclose(points[2], align.mouth_from_eyes(*points[:2]))
-
-
-def test_haar_follows_head_motion():
-    """The portrait turned, scaled and moved: detected eyes follow the labelled ones."""
-    image = hopper()
-    rng = np.random.default_rng(11)
-    errors = []
-    for angle, scale in [(0, 0.5), (8, 0.45), (-8, 0.6), (4, 0.35), (-10, 0.9), (10, 1.0)]:
-        side = int(256 * max(scale, 0.5) / 0.5)
-        m = cv2.getRotationMatrix2D((263.0, 230.0), angle, scale)
-        m[:, 2] += np.array([side / 2, side / 2]) - (263, 230) + rng.uniform(-0.1, 0.1, 2) * side
-        frame = cv2.warpAffine(image, m, (side, side), borderValue=(127, 127, 127))
-        points = align.detect_points_haar(frame)
-        assert points is not None
-        want = apply(m, HOPPER_EYES)
-        errors.append(np.abs(points[:2] - want).max() / np.linalg.norm(want[1] - want[0]))
-    assert max(errors) < 0.15, errors
-
-
-def test_detect_points_clip_tracks_the_face(monkeypatch):
-    """A moving portrait: every frame after the first searches near the last box and still
-    finds the labelled eyes; frames without a face are marked and fall back to a full search."""
-    image = hopper()
-    rng = np.random.default_rng(12)
-    frames, eyes = [], []
-    for t in range(6):
-        m = cv2.getRotationMatrix2D((263.0, 230.0), 2.0 * t, 0.5 + 0.01 * t)
-        m[:, 2] += np.array([150.0, 145.0]) - (263, 230) + rng.uniform(-6, 6, 2)
-        frames.append(cv2.warpAffine(image, m, (256, 256), borderValue=(127, 127, 127)))
-        eyes.append(apply(m, HOPPER_EYES))
-    frames[3] = np.full_like(frames[3], 127)
-    searches = []
-    face_box = align._face_box
-
-    def spy(small, near):
-        box = face_box(small, near)
-        searches.append((near, box, face_box(small, None)))
-        return box
-
-    monkeypatch.setattr(align, "_face_box", spy)
-    points, found = align.detect_points_clip(np.stack(frames))
-    np.testing.assert_array_equal(found, [True, True, True, False, True, True])
-    assert searches[0][0] is None and all(near is not None for near, _, _ in searches[1:])
-    for _, tracked, full in searches:  # the tracked search finds the box a full search finds
-        assert (tracked is None) == (full is None)
-        if full is not None:
-            assert np.abs(tracked - full).max() < 0.1 * full[2]
-    assert np.isnan(points[3]).all()
-    for t in (0, 1, 2, 4, 5):
-        iod = np.linalg.norm(eyes[t][1] - eyes[t][0])
-        assert np.abs(points[t, :2] - eyes[t]).max() < 0.1 * iod

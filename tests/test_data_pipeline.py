@@ -190,7 +190,8 @@ def test_mouth_and_audio_peak_meet_in_the_frame_window(tmp_path):
     sidecar = {"landmarks": landmarks.tolist(), "visemes": visemes.tolist()}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
 
-    aligned, windows, _, stored_visemes = prepare_clip(path, image_size=32)
+    aligned, windows, _, stored_visemes, share = prepare_clip(path, image_size=32)
+    assert share == 1.0  # the sidecar has a face in every frame
     change = np.abs(aligned.astype(int) - aligned[0]).sum(axis=(1, 2, 3))
     assert int(np.argmax(change)) == k - 2
     assert np.array_equal(stored_visemes, visemes[2:27])

@@ -343,7 +343,7 @@ def test_compositor_puts_the_crop_back_where_it_came_from(media):
     photo = face.source.astype(float)
     inner = paste.mask[..., 0] > 0.99
     region = (same[paste.box] - photo[paste.box])[inner]
-    assert np.abs(region).mean() < 4  # resampled twice
+    assert np.abs(region).mean() < 5  # resampled twice: shrunk x0.89 (antialiased), then back
     outside = np.ones(photo.shape[:2], bool)
     outside[paste.box] = False
     np.testing.assert_array_equal(same[outside], photo[outside])
@@ -376,18 +376,18 @@ def test_compositor_adds_only_the_edit_to_the_picture(media):
 
 
 def test_face_from_a_video_and_from_a_box(media, tmp_path):
-    """FACE as a video: the first frame with a face or the one asked for; --box instead of
-    Haar finds the same face; a video without a face names its frames."""
+    """FACE as a video: the first frame with a face or the one asked for; --box around it
+    finds the same face; a video without a face names its frames."""
     clip = media["clip"]
     first = load_face(clip, image_size=32)
     assert first.frame_index == 0 and first.crop.shape == (32, 32, 3)
     fifth = load_face(clip, frame_index=5, image_size=32)
     assert fifth.frame_index == 5 and fifth.source.shape == (128, 128, 3)
-    # The crop is aligned: the sidecar-free Haar points land near the renderer's landmarks.
+    # The crop is aligned: the detected points land near the renderer's landmarks.
     ex = render_example(SynthConfig(size=128), 0, 0, 0)
     eye_gap = np.linalg.norm(ex.landmarks[5, 1] - ex.landmarks[5, 0])
     assert np.abs(fifth.points - three_points(ex.landmarks[5])).max() < 0.2 * eye_gap
-    # A box shaped like a Haar face box (eyes at 0.32 / 0.68 of its width, 0.39 of its height).
+    # A box about the face (eyes at 0.32 / 0.68 of its width, 0.39 of its height).
     w = eye_gap / 0.36
     (lx, ly), _ = fifth.points[:2]
     boxed = load_face(clip, frame_index=5, box=(lx - 0.32 * w, ly - 0.39 * w, w, w), image_size=32)

@@ -1,9 +1,10 @@
 """DAVS face alignment: 3 points per frame (eye centres, mouth centre) -> aligned face crops.
 
-Data flow: decoded RGB frames [T, H, W, 3] + landmarks (a 5-point sidecar for SynthLRW, OpenCV
-Haar cascades for real footage) -> `smooth_points` (fill frames without a face, Gaussian in time)
--> one similarity per frame -> one `cv2.warpAffine` per frame -> uint8 crops [T, A, A, 3], A =
-`aligned_size(image_size)` (260 for 256). The loader then takes a random `image_size` crop.
+Data flow: decoded RGB frames [T, H, W, 3] + landmarks (a 5-point sidecar for SynthLRW, dlib's
+detector and 68 landmarks for real footage, `face_detect`) -> `smooth_points` (fill frames
+without a face, Gaussian in time) -> one similarity per frame -> one `cv2.warpAffine` per
+frame -> uint8 crops [T, A, A, 3], A = `aligned_size(image_size)` (260 for 256). The loader
+then takes a random `image_size` crop.
 
 The template (spec/davs.md §3.2, the original `preprocess/process256_224.py`): the points go by a
 least-squares similarity to (70, 112), (110, 112), (90, 150) x2 on a 356x436 canvas (CelebA
@@ -17,9 +18,7 @@ The original fits a new transform to raw per-frame landmarks, which makes the fa
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -44,20 +43,7 @@ CROP_Y0 = (CANVAS_H - CROP) // 2 + 20  # 104
 ALIGNED = 260  # the 268 box is resized to this; training crops 256 of it (offset 0..4)
 BASE_SIZE = 256  # image_size the template was made for
 BORDER = 127  # grey where the source frame does not reach
-MOUTH_BELOW_EYES = (150 - 112) / (110 - 70)  # 0.95: mouth depth below the eye line / eye distance
 ANTIALIAS_SIGMA = 0.3  # output pixels; see align_frames
-
-# Where the eye cascades find no pair: eye centres as fractions of the frontal-face box
-# (haarcascade_frontalface_default puts the pupils of the test portrait at 0.31/0.68, 0.38-0.39).
-FACE_EYE_X = (0.32, 0.68)
-FACE_EYE_Y = 0.39
-DETECT_MAX_WIDTH = 320  # faces are searched on a grey copy at most this wide
-EYE_FACE_WIDTH = 140  # eyes are searched on the face box rescaled to this width
-# The eyeglasses cascade (trained on faces with and without glasses) first. On a portrait with
-# glasses, turned +-12 degrees and scaled 60 ways, this search (width 140, scale step 1.05) found
-# 60/60 eye pairs, all within 0.15 eye distances of the pupils, at 16 ms per face on one core;
-# the plain eye cascade first found 46/60, width 200 at step 1.1 60/60 at 24 ms.
-EYE_CASCADES = ("haarcascade_eye_tree_eyeglasses.xml", "haarcascade_eye.xml")
 
 
 def aligned_size(image_size: int) -> int:
@@ -208,175 +194,6 @@ def three_points(landmarks5: np.ndarray) -> np.ndarray:
     return np.stack([lm[..., 0, :], lm[..., 1, :], 0.5 * (lm[..., 3, :] + lm[..., 4, :])], axis=-2)
 
 
-def mouth_from_eyes(left_eye: np.ndarray, right_eye: np.ndarray) -> np.ndarray:
-    """Mouth centre on the perpendicular below the eye midpoint, at the template's 38/40 of the
-    eye distance. Image y points down, so the downward normal of the eye line (dx, dy) is (-dy, dx).
-    """
-    dx, dy = np.asarray(right_eye, dtype=np.float64) - left_eye
-    return 0.5 * (left_eye + right_eye) + MOUTH_BELOW_EYES * np.array([-dy, dx])
-
-
-@functools.cache
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / name))
-    if cascade.empty():
-        raise DataError(
-            f"OpenCV Haar cascade {name} not found in {cv2.data.haarcascades}: install "
-            "opencv-python-headless<5 (OpenCV 5 dropped the cascades)"
-        )
-    return cascade
-
-
-def _eyes_in_face(grey: np.ndarray, box: np.ndarray) -> np.ndarray | None:
-    """Best left/right eye pair inside a face box of a full-resolution grey frame, or None.
-
-    Rows 0.15-0.6 of the box (Haar face boxes put the eye line at about 0.39; eye boxes reach
-    below the middle when the head tilts) are rescaled to a fixed face width, so the eye cascades
-    see eyes of about the same size whatever the face size. A pair must lie on both sides of the
-    box centre, 0.2-0.6 box widths apart, tilted less than about 17 degrees; the pair with the
-    largest summed cascade confidence wins.
-    """
-    x, y, w, h = box
-    x0, y0 = int(x), int(y + 0.15 * h)
-    s = EYE_FACE_WIDTH / w
-    roi = cv2.resize(
-        grey[y0 : int(y + 0.6 * h), x0 : int(x + w)],
-        None,
-        fx=s,
-        fy=s,
-        interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-    )
-    half = EYE_FACE_WIDTH / 2
-    for name in EYE_CASCADES:
-        boxes, _, weights = _cascade(name).detectMultiScale3(
-            roi,
-            scaleFactor=1.05,
-            minNeighbors=2,
-            minSize=(EYE_FACE_WIDTH // 10,) * 2,
-            maxSize=(EYE_FACE_WIDTH * 2 // 5,) * 2,
-            outputRejectLevels=True,
-        )
-        centres = boxes[:, :2] + boxes[:, 2:] / 2 if len(boxes) else np.zeros((0, 2))  # [N, 2]
-        best, best_score = None, -np.inf
-        for i in np.flatnonzero(centres[:, 0] < half):
-            for j in np.flatnonzero(centres[:, 0] >= half):
-                dx, dy = centres[j] - centres[i]
-                ok = 0.4 * half <= dx <= 1.2 * half and abs(dy) <= 0.3 * dx
-                if ok and weights[i] + weights[j] > best_score:
-                    best, best_score = (i, j), weights[i] + weights[j]
-        if best is not None:
-            return centres[list(best)] / s + (x0, y0)
-    return None
-
-
-def _face_box(small: np.ndarray, near: np.ndarray | None) -> np.ndarray | None:
-    """Largest frontal face [x, y, w, h] in an equalised grey image, or None.
-
-    With `near` (the previous frame's box) the search first covers only that box grown by half
-    its size on each side, at 0.8-1.25x its size: an eighth of the work of a full search, and it
-    keeps to the same person. The full search runs when that finds nothing.
-    """
-    cascade = _cascade("haarcascade_frontalface_default.xml")
-    if near is not None:
-        x, y, w, h = near
-        x0, y0 = max(int(x - w / 2), 0), max(int(y - h / 2), 0)
-        faces = cascade.detectMultiScale(
-            small[y0 : int(y + 1.5 * h), x0 : int(x + 1.5 * w)],
-            scaleFactor=1.1,
-            minNeighbors=5,
-            minSize=(int(0.8 * w),) * 2,
-            maxSize=(int(1.25 * w) + 1,) * 2,
-        )
-        if len(faces):
-            return faces[np.argmax(faces[:, 2])] + (x0, y0, 0, 0)
-    min_face = max(24, min(small.shape) // 6)
-    faces = cascade.detectMultiScale(
-        small, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face)
-    )
-    return faces[np.argmax(faces[:, 2])] if len(faces) else None
-
-
-def _detect(frame: np.ndarray, near: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(points [3, 2], face box in detection pixels) or None; see `detect_points_haar`."""
-    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    s = min(1.0, DETECT_MAX_WIDTH / grey.shape[1])
-    small = grey if s == 1.0 else cv2.resize(grey, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-    found = _face_box(cv2.equalizeHist(small), near)
-    if found is None:
-        return None
-    return _points_in_box(grey, found / s), found
-
-
-def _points_in_box(grey: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The 3 points [3, 2] of the face in `box` [x, y, w, h] (frame pixels) of a grey frame."""
-    eyes = _eyes_in_face(grey, box)
-    if eyes is None:
-        x, y, w, h = box
-        eyes = np.array([[x + fx * w, y + FACE_EYE_Y * h] for fx in FACE_EYE_X])
-    return np.concatenate([eyes, mouth_from_eyes(eyes[0], eyes[1])[None]])
-
-
-def points_in_box(frame: np.ndarray, box) -> np.ndarray:
-    """The 3 alignment points of the face in a given box, for a face Haar misses or to pick
-    one face among several (`fastdavs-generate --box`).
-
-    Eyes come from the eye cascades inside the box, else from the box's standard proportions
-    (``FACE_EYE_X``, ``FACE_EYE_Y``); the mouth from the eyes. The box is read like a
-    frontal-face Haar box: about the face from brows to chin, ear to ear.
-
-    Args:
-        frame (ndarray): uint8 RGB `(H, W, 3)` or grey `(H, W)`.
-        box: (x, y, w, h) in frame pixels, w and h > 0.
-
-    Returns:
-        ndarray: float64 `(3, 2)`: left eye, right eye, mouth centre.
-    """
-    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    return _points_in_box(grey, np.asarray(box, dtype=np.float64))
-
-
-def detect_points_haar(frame: np.ndarray) -> np.ndarray | None:
-    """Eye centres and mouth centre of the largest frontal face in a frame, or None.
-
-    The face is searched on an equalised grey copy at most ``DETECT_MAX_WIDTH`` wide; eyes with the
-    eye cascades inside its box (`_eyes_in_face`), else placed at the box's standard proportions;
-    the mouth always comes from the eyes (`mouth_from_eyes`), since Haar has no mouth detector
-    worth trusting.
-
-    Args:
-        frame (ndarray): uint8 RGB `(H, W, 3)` or grey `(H, W)`.
-
-    Returns:
-        ndarray or None: float64 `(3, 2)` in frame pixels (left eye, right eye, mouth), the left eye
-        being the one with the smaller x.
-    """
-    found = _detect(frame, None)
-    return None if found is None else found[0]
-
-
-def detect_points_clip(frames: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """`detect_points_haar` on every frame, each face searched first near the last one found.
-
-    Args:
-        frames (ndarray or iterable): uint8 RGB `(T, H, W, 3)` or grey `(T, H, W)`, or any
-            iterable of such frames (a decoder's generator: only the points are kept).
-
-    Returns:
-        (ndarray, ndarray): points `(T, 3, 2)` (NaN where no face) and found, bool `(T,)`.
-    """
-    points: list[np.ndarray] = []
-    box = None
-    for frame in frames:
-        hit = _detect(frame, box)
-        if hit is None:
-            points.append(np.full((3, 2), np.nan))
-        else:
-            point, box = hit
-            points.append(point)
-    points_arr = np.array(points, dtype=np.float64).reshape(-1, 3, 2)
-    return points_arr, np.isfinite(points_arr).all(axis=(1, 2))
-
-
 def smooth_points(
     points: np.ndarray,
     found: np.ndarray,
@@ -421,30 +238,36 @@ def align_clip(
     landmarks5: np.ndarray | None = None,
     path: str | Path | None = None,
     sigma_frames: float = 1.0,
-) -> np.ndarray:
-    """Aligned face crops of one clip: landmarks (sidecar or Haar) -> smoothing -> one warp a frame.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned face crops of one clip: landmarks (sidecar, or the face tracked with dlib) ->
+    smoothing -> one warp a frame.
 
     Args:
         frames (ndarray): uint8 RGB, shape `(T, H, W, 3)`.
         image_size (int): the preset's image size.
         landmarks5 (ndarray, optional): sidecar landmarks `(T, 5, 2)` (see `three_points`); a frame
             whose landmarks are not finite or whose eyes coincide counts as "no face". (Default:
-            None: detect with Haar cascades)
+            None: track the face, `face_detect.track_faces`)
         path (str or Path, optional): the clip, named in errors. (Default: None)
         sigma_frames (float, optional): temporal smoothing of the points. (Default: 1.0)
 
     Returns:
-        ndarray: uint8, shape `(T, A, A, 3)`, A = `aligned_size(image_size)`.
+        (ndarray, ndarray): uint8 crops `(T, A, A, 3)`, A = `aligned_size(image_size)`, and the
+        frames with a face, bool `(T,)` (the others are aligned by interpolation).
 
     Raises:
         DataError: no frame has a face; callers report the clip and skip it.
     """
     if landmarks5 is None:
-        points, found = detect_points_clip(frames)
+        from fastdavs.data.face_detect import track_faces
+
+        track = track_faces(frames)
+        points, found = track.points, track.found
     else:
         points = three_points(landmarks5)
         eye_gap = np.linalg.norm(points[:, 1] - points[:, 0], axis=-1)
         found = np.isfinite(points).all(axis=(1, 2)) & (eye_gap >= 1.0)
     if not found.all():
         log.debug("%s: no face in %d of %d frames", path, (~found).sum(), len(found))
-    return align_frames(frames, smooth_points(points, found, sigma_frames, path), image_size)
+    aligned = align_frames(frames, smooth_points(points, found, sigma_frames, path), image_size)
+    return aligned, found

@@ -19,7 +19,8 @@ On disk (T = 25 stored frames, A = aligned size = round(image_size * 260 / 256))
                                                (jaw_open, lip_width, lip_round, teeth; SynthLRW's
                                                sidecars), present only when every clip has it
         meta.json     count, shapes, dtypes ("arrays": every .npy file of the shard), clip_ids
-                      (source paths), skipped clips, and "complete": true, written last
+                      (source paths), face_share (share of each clip's frames with a face found),
+                      skipped clips, and "complete": true, written last
     OUT/<split>/shard_00001/ ...
 
 The arrays are standard `.npy` files, so dtype and shape live in each file and
@@ -144,6 +145,7 @@ class _OpenShard:
     clip_ids: list[str]
     skipped: list[dict]
     visemes: list[np.ndarray | None]
+    face_shares: list[float]
 
 
 class ShardWriter:
@@ -193,6 +195,7 @@ class ShardWriter:
         identity: int,
         clip_id: str,
         visemes: np.ndarray | None = None,
+        face_share: float = 1.0,
     ) -> None:
         """Append one clip.
 
@@ -203,6 +206,8 @@ class ShardWriter:
             clip_id: the source path relative to the LRW root, for reports.
             visemes: optional float [T=25, 4], the ground-truth mouth of each stored frame
                 (`phonemes.VISEME_DIMS`); the shard stores them only if every clip has them.
+            face_share: the share of the clip's frames where a face was found (the others were
+                aligned by interpolation), kept in meta.json for the prepare report.
         """
         a = self.aligned_size
         frames = np.asarray(frames)
@@ -239,6 +244,7 @@ class ShardWriter:
         shard.identities.append(int(identity))
         shard.clip_ids.append(str(clip_id))
         shard.visemes.append(visemes)
+        shard.face_shares.append(round(float(face_share), 4))
         if len(shard.clip_ids) == self.capacity:
             self._commit()
 
@@ -289,6 +295,7 @@ class ShardWriter:
             clip_ids=[],
             skipped=[],
             visemes=[],
+            face_shares=[],
         )
         return self._open
 
@@ -324,6 +331,7 @@ class ShardWriter:
                 "frames_per_clip": FRAMES_PER_CLIP,
                 "arrays": arrays,
                 "clip_ids": s.clip_ids,
+                "face_share": s.face_shares,
                 "skipped": s.skipped,
                 "complete": True,  # last: a meta.json without it is from an interrupted writer
             }
