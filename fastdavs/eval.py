@@ -5,6 +5,12 @@ metrics JSON and a readable table.
 
 The evaluation itself is `fastdavs.evaluate`; this module finds the checkpoint, the data (the
 run's `run.json` unless --data is given) and where to write (RUN/eval.json unless --out).
+
+Disentanglement is judged against its ablation: a run trained the same way with
+`--no-disentangle`, evaluated on the same split. Its `eval.json` is found at
+RUN/no-disentangle/eval.json (train it with `--out RUN/no-disentangle`), or named with
+--ablation; its probes and word accuracies are then shown beside the run's and kept in this
+run's results under "ablation".
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from fastdavs.trainer import RUN_FILE
 
 PROG = "fastdavs-eval"
 RESULTS_FILE = "eval.json"
+ABLATION_DIR = "no-disentangle"  # RUN/no-disentangle: the run's --no-disentangle ablation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="clips per pass")
     parser.add_argument("--device", help="e.g. cpu, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--ablation",
+        metavar="RUN_OR_FILE",
+        help="the --no-disentangle ablation's run directory or eval.json, shown beside the "
+        f"probes (default: RUN/{ABLATION_DIR}/{RESULTS_FILE} if it exists)",
+    )
     return parser
+
+
+def _ablation(arg: str | None, run_dir: Path | None, split: str) -> dict | None:
+    """{"eval", "lip_reading", "probes"} of the ablation's results, or None where there is none.
+
+    Raises:
+        DataError: --ablation names no eval.json, an unreadable one, or one of another split."""
+    if arg is None:
+        path = run_dir / ABLATION_DIR / RESULTS_FILE if run_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+    else:
+        path = Path(arg)
+        path = path / RESULTS_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise DataError(
+                f"--ablation {arg}: no {path}; evaluate the --no-disentangle run first "
+                f"(fastdavs-eval {arg})"
+            )
+    try:
+        results = json.loads(path.read_text())
+        found = {k: results[k] for k in ("split", "lip_reading", "probes")}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a readable fastdavs-eval result ({e}); rerun it") from None
+    if found["split"] != split:
+        raise DataError(
+            f"{path}: evaluated on split {found['split']!r}, this run on {split!r}; evaluate "
+            f"both on the same split (--split)"
+        )
+    return {"eval": str(path), **found}
 
 
 def _checkpoint(path: Path) -> Path:
@@ -103,9 +146,14 @@ def _evaluate(argv: Sequence[str] | None) -> None:
     data = Path(args.data) if args.data else _run_data(run_dir, ckpt)
     out = Path(args.out) if args.out else (run_dir or ckpt) / RESULTS_FILE
     check_writable(out)  # before the evaluation, not after it
+    ablation = _ablation(args.ablation, run_dir, args.split)  # likewise
     results = evaluate(model, data, split=args.split, batch_size=args.batch_size, device=device)
     results["checkpoint"] = str(ckpt)
     results["trained_to"] = _trained_to(ckpt)
+    if ablation is not None and ablation["split"] != results["split"]:  # test fell back to val
+        results["notes"].append(f"ablation {ablation['eval']} left out: another split")
+        ablation = None
+    results["ablation"] = ablation
     out = write_results(results, out)
     print(format_table(results))
     print(f"written: {out}")

@@ -422,13 +422,12 @@ def format_table(results: dict) -> str:
         f"{r['identities']} identities, {r['words']} words  ({r['seconds']:.1f} s)"
     ]
     lr = r["lip_reading"]
-    lines.append(
-        row(
-            "lip reading (word accuracy)",
-            f"audio {num(lr['audio'])}  video {num(lr['video'])}  fused {num(lr['fused'])}"
-            f"   (chance {num(lr['chance'])})",
-        )
-    )
+    ablation = r.get("ablation")  # the --no-disentangle run's results (fastdavs.eval), or None
+    text = f"audio {num(lr['audio'])}  video {num(lr['video'])}  fused {num(lr['fused'])}"
+    if ablation is not None:
+        a = ablation["lip_reading"]
+        text += f"  | ablation audio {num(a['audio'])}  video {num(a['video'])}"
+    lines.append(row("lip reading (word accuracy)", text + f"   (chance {num(lr['chance'])})"))
     for key, label in (("audio_to_video", "a->v"), ("video_to_audio", "v->a")):
         ret = r["retrieval"][key]
         lines.append(
@@ -445,7 +444,10 @@ def format_table(results: dict) -> str:
     ):
         p = r["probes"][key]
         tail = f"(chance {num(p['chance'])})" if p["reason"] is None else f"({p['reason']})"
-        lines.append(row(label, f"{num(p['accuracy'])}   {tail}"))
+        beside = ""
+        if ablation is not None:
+            beside = f"  | ablation {num(ablation['probes'][key]['accuracy'])}"
+        lines.append(row(label, f"{num(p['accuracy'])}{beside}   {tail}"))
     g = r["generation"]
 
     def pair(drive: str, metric: str, digits: int) -> str:

@@ -339,6 +339,46 @@ def test_command_on_a_run_directory(shards, model, tmp_path, capsys):
     assert json.loads(out_file.read_text())["split"] == "val"
 
 
+def test_ablation_probes_are_shown_beside_the_runs(shards, model, tmp_path, capsys):
+    """RUN/no-disentangle/eval.json is found and its probes and word accuracies printed beside
+    the run's (and kept in the results); --ablation names another; a wrong one is one line."""
+    run = _run_dir(tmp_path, model, shards)
+    ablation = run / "no-disentangle" / "eval.json"
+    ablation.parent.mkdir()
+    fake = {"split": "test", "lip_reading": {"audio": 0.871, "video": 0.652}}
+    fake["probes"] = {
+        "identity_from_audio_wid": {"accuracy": 0.912},
+        "identity_from_video_wid": {"accuracy": 0.998},
+        "word_from_pid": {"accuracy": 0.047},
+    }
+    ablation.write_text(json.dumps(fake))
+    assert eval_main([str(run), "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((run / "eval.json").read_text())
+    assert results["ablation"] == {"eval": str(ablation), **fake}
+    lines = {line[:33].strip(): line[33:] for line in out.splitlines()}
+    assert "| ablation audio 0.871  video 0.652" in lines["lip reading (word accuracy)"]
+    assert "| ablation 0.912" in lines["probe identity <- audio word-ID"]
+    assert "| ablation 0.998" in lines["probe identity <- video word-ID"]
+    assert "| ablation 0.047" in lines["probe word <- person-ID"]
+    # Without one, nothing is shown; --ablation takes a run directory or the file.
+    ablation.rename(tmp_path / "other.json")
+    assert eval_main([str(run), "--batch-size", "4"]) == 0
+    assert "| ablation" not in capsys.readouterr().out
+    assert json.loads((run / "eval.json").read_text())["ablation"] is None
+    assert (
+        eval_main([str(run), "--batch-size", "4", "--ablation", str(tmp_path / "other.json")]) == 0
+    )
+    assert "| ablation 0.912" in capsys.readouterr().out
+    # Another split, or no eval.json, is refused before the evaluation, in one line.
+    fake["split"] = "val"
+    (tmp_path / "other.json").write_text(json.dumps(fake))
+    assert eval_main([str(run), "--ablation", str(tmp_path / "other.json")]) == 2
+    assert "evaluated on split 'val', this run on 'test'" in _one_line_error(capsys)
+    assert eval_main([str(run), "--ablation", str(tmp_path)]) == 2
+    assert "evaluate the --no-disentangle run first" in _one_line_error(capsys)
+
+
 def test_write_results_is_atomic_json(tmp_path):
     path = write_results({"psnr": math.inf, "x": [1, None]}, tmp_path / "a" / "eval.json")
     assert json.loads(path.read_text()) == {"psnr": math.inf, "x": [1, None]}
