@@ -20,6 +20,7 @@ from pathlib import Path
 from fastdavs.errors import FastdavsError
 
 WORD_HEADS = ("concat", "tcn")
+VIDEO_REGIONS = ("face", "mouth")
 GENERATORS = ("davs", "mouth_editor")
 LR_DECAYS = ("constant", "linear")
 KERNEL_BACKENDS = ("auto", "triton", "ref")  # as fastdavs.kernels.temporal_conv
@@ -123,6 +124,11 @@ class DavsConfig:
     # Width of the editor's blend ramp, as a fraction of image_size: the edit fades from full
     # strength to 0 over this band along the box's sides that lie inside the frame.
     edit_feather: float = 1 / 16
+    # What the video word encoder sees: "face", the whole aligned face (the original, every
+    # preset), or "mouth", the mouth box only (`mouth_box_px`; every other pixel mid-grey, so
+    # the network and its input size are unchanged). README "What the video word encoder sees"
+    # has what each gave.
+    video_region: str = "face"
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -190,6 +196,10 @@ class DavsConfig:
             raise ConfigError(
                 f"mfcc window {self.mfcc_steps}x{self.mfcc_coeffs}: the DAVS MFCC contract is "
                 "20x12; the audio encoders' strides are built for it"
+            )
+        if self.video_region not in VIDEO_REGIONS:
+            raise ConfigError(
+                f"video_region={self.video_region!r}: choose one of {', '.join(VIDEO_REGIONS)}"
             )
         if self.word_head not in WORD_HEADS:
             raise ConfigError(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastdavs.config import DavsConfig
+from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.model.audio_encoder import AudioWordEncoder, TemporalConvBranch
 from fastdavs.model.identity_encoder import IdentityEncoder, IdentityFeatures
 from fastdavs.model.video_encoder import VideoWordEncoder
@@ -326,3 +326,38 @@ def test_video_head_survives_an_all_negative_map():
     assert (wid - wid[:1]).abs().amax() > 1e-3  # still depends on the frame
     wid.square().sum().backward()
     assert enc.head_conv.weight.grad.abs().amax() > 0
+
+
+@pytest.mark.parametrize("region", ["face", "mouth"])
+def test_video_region_decides_which_pixels_count(region):
+    """video_region "mouth": the word-ID depends on the mouth box alone (every other pixel may
+    change, forward and backward); "face": on the whole frame. The region is no checkpoint
+    entry (the config rebuilds it), and the original's keys are unchanged."""
+    cfg = DavsConfig.from_preset("tiny", video_region=region)
+    torch.manual_seed(1)
+    enc = VideoWordEncoder(cfg).eval()
+    top, bottom, left, right = cfg.mouth_box_px
+    frames = torch.rand(3, 3, 32, 32, requires_grad=True)
+    outside = frames.detach().clone()
+    outside[..., :top, :] = torch.rand_like(outside[..., :top, :])  # everything above the box
+    inside = frames.detach().clone()
+    inside[..., top:bottom, left:right] = 1 - inside[..., top:bottom, left:right]
+    wid = enc(frames)
+    assert (enc(inside) - wid).abs().amax() > 1e-3
+    moved = (enc(outside) - wid).abs().amax()
+    assert moved == 0 if region == "mouth" else moved > 1e-3
+    wid.square().sum().backward()
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[top:bottom, left:right] = True
+    assert frames.grad[..., mask].abs().amax() > 0
+    assert (frames.grad[..., ~mask].abs().amax() == 0) == (region == "mouth")
+    assert all("region" not in k for k in enc.state_dict())
+    face_keys = VideoWordEncoder(DavsConfig.from_preset("tiny", video_region="face")).state_dict()
+    assert enc.state_dict().keys() == face_keys.keys()
+
+
+def test_video_region_is_validated():
+    with pytest.raises(ConfigError, match=r"video_region='lips': choose one of face, mouth"):
+        DavsConfig.from_preset("tiny", video_region="lips")
+    for preset in ("paper", "small", "tiny"):  # the original everywhere; "mouth" is an option
+        assert DavsConfig.from_preset(preset).video_region == "face"

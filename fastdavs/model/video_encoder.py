@@ -18,6 +18,7 @@ from torch import nn
 from fastdavs.config import DavsConfig
 
 HEAD_SLOPE = 0.2  # negative slope of the head's activation before the Linear
+GREY = 0.5  # what the encoder sees outside the mouth box with video_region "mouth"
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -124,9 +125,19 @@ class VideoWordEncoder(nn.Module):
         self.head_norm = nn.BatchNorm2d(cfg.num_landmarks)
         self.head_conv = nn.Conv2d(cfg.num_landmarks, 1, 3, stride=2, padding=1)
         self.fc = nn.Linear((cfg.image_size // 8) ** 2, cfg.word_dim)
+        # video_region "mouth": 1 in the mouth box, 0 elsewhere ([1, 1, S, S]; not saved, the
+        # config rebuilds it). None: the whole face.
+        region = None
+        if cfg.video_region == "mouth":
+            top, bottom, left, right = cfg.mouth_box_px
+            region = torch.zeros(1, 1, cfg.image_size, cfg.image_size)
+            region[..., top:bottom, left:right] = 1.0
+        self.register_buffer("region", region, persistent=False)
 
     def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
         """Landmark-heatmap layer: [N, 3, S, S] -> [N, num_landmarks, S/4, S/4]."""
+        if self.region is not None:  # the mouth box only, mid-grey around it
+            frames = GREY + self.region.to(frames.dtype) * (frames - GREY)
         return self.top(self.hourglass(self.stem(frames)))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
