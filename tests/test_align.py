@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastdavs.data import align
+from fastdavs.data.face_detect import best_face, find_faces
 from fastdavs.errors import DataError
 
 # The template as spec/davs.md §3.2 states it: CelebA points x2, 268 box at (44, 104) on the
@@ -289,8 +290,6 @@ def test_align_clip_tracks_a_real_portrait():
     image = hopper()
     aligned, found = align.align_clip(np.stack([image, image[:, ::-1]]), 64)
     assert aligned.shape == (2, 65, 65, 3) and found.all()
-    from fastdavs.data.face_detect import best_face, find_faces
-
     points = best_face(find_faces(image)).points
     for size in (256, 64):
         side = align.aligned_size(size)

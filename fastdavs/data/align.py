@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from fastdavs.data.face_detect import track_faces
 from fastdavs.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -259,8 +260,6 @@ def align_clip(
         DataError: no frame has a face; callers report the clip and skip it.
     """
     if landmarks5 is None:
-        from fastdavs.data.face_detect import track_faces
-
         track = track_faces(frames)
         points, found = track.points, track.found
     else:
