@@ -46,6 +46,10 @@ class LossWeights:
     pid_uniform: float = 1e6  # pid -> word adversary, uniform-softmax target
     wid_uniform: float = 1e6  # wid -> person adversary, uniform-softmax target
     adversary_ce: float = 1.0  # classifier step of both adversaries
+    # Not in the original: the share of a batch's word-ID scatter that lies between identities
+    # (`fastdavs.losses.identity_scatter_loss`, audio + video, in wid and gen). It needs batches
+    # with several clips per identity (`OptimConfig.identity_group`).
+    identity_scatter: float = 0.0
 
 
 @dataclass
@@ -59,6 +63,9 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     batch_size: int = 16  # clips per step
+    # Clips of one identity that follow each other in the training order (1: a plain shuffle),
+    # so a batch holds batch_size / identity_group identities; `loss.identity_scatter` needs > 1.
+    identity_group: int = 1
     # "constant" (the original) or "linear": the lr of the last stage, `gen`, falls linearly
     # from its full value at the first step to 0 after the last (`lr_scale`). The earlier
     # stages keep theirs: `gen` goes on training what they train, at the full lr.
@@ -232,6 +239,15 @@ class DavsConfig:
             raise ConfigError(f"optim={o}: need lr > 0, adversary_lr_scale > 0 and betas in [0, 1)")
         if o.batch_size < 1:
             raise ConfigError(f"optim.batch_size={o.batch_size}: must be at least 1")
+        if not 1 <= o.identity_group <= o.batch_size:
+            raise ConfigError(
+                f"optim.identity_group={o.identity_group}: must be 1..batch_size ({o.batch_size})"
+            )
+        if self.loss.identity_scatter > 0 and o.identity_group < 2:
+            raise ConfigError(
+                f"loss.identity_scatter={self.loss.identity_scatter} needs batches with several "
+                "clips per identity: set optim.identity_group to 2 or more"
+            )
         if o.lr_decay not in LR_DECAYS:
             raise ConfigError(
                 f"optim.lr_decay={o.lr_decay!r}: choose one of {', '.join(LR_DECAYS)}"

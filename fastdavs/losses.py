@@ -7,7 +7,8 @@ whose two terms are weighted inside as in the original. Nothing here sums a tota
 
 - wid space:   `contrastive_loss` (audio <-> video `sequence_embedding`s), `modality_*_loss`
                (audio-vs-video discriminator, GAN-style label flip for the encoders);
-- disentangle: `uniform_softmax_loss` (pid -> word and wid -> person adversaries, encoder step);
+- disentangle: `uniform_softmax_loss` (pid -> word and wid -> person adversaries, encoder step),
+               `identity_scatter_loss` (identity left in a batch's word-ID features);
 - frames:      `reconstruction_loss`, `smoothness_loss`, `gan_loss`.
 The word classifier and the adversaries' classifier step use `F.cross_entropy` directly.
 
@@ -159,6 +160,45 @@ def uniform_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
     """
     p = _wide(logits).softmax(dim=1)  # [N, K]
     return F.mse_loss(p, torch.full_like(p, 1.0 / p.shape[1])).to(logits.dtype)
+
+
+def identity_scatter_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of a batch's feature scatter that lies between identities (not in the original).
+
+    For each dimension d, over the items whose identity occurs at least twice in the batch:
+        between_d = sum_k n_k (mean_k,d - mean_d)^2,   total_d = sum_i (x_i,d - mean_d)^2,
+    and the loss is the mean over d of between_d / total_d, in [0, 1]. It is 0 when every
+    identity's features have the same mean (what a linear identity probe then has nothing to
+    read: `fastdavs-eval` probes standardised clip means, and the per-dimension ratio does not
+    depend on each dimension's scale either); for features that carry no identity, its expected
+    value is (P - 1) / (N - 1) with P identities among N items (0.2 for 4 x 4 clips). Unlike an
+    adversary's classifier it has no state to fall behind the encoder: it is measured afresh on
+    every batch.
+
+    Args:
+        features: [N, D] per-clip features (e.g. word-ID features averaged over time).
+        labels: [N] identity labels, -1 for unknown (left out).
+
+    Returns: 0-d tensor in at least float32; 0 (with a gradient of zeros) when fewer than two
+    identities occur twice.
+    """
+    if features.dim() != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(
+            f"identity_scatter_loss: features {tuple(features.shape)} must be [N, D] and labels "
+            f"{tuple(labels.shape)} the matching [N]"
+        )
+    x = _wide(features)
+    classes, y, counts = labels.unique(return_inverse=True, return_counts=True)
+    keep = (labels >= 0) & (counts[y] >= 2)  # [N]
+    if int((classes[counts >= 2] >= 0).sum()) < 2:
+        return x.sum() * 0
+    x, y = x[keep], y[keep]
+    centred = x - x.mean(0)  # [n, D]
+    sums = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device)
+    sums.index_add_(0, y, centred)  # [K, D] per-identity sums of centred features
+    between = (sums.pow(2) / counts[:, None].clamp(min=1).to(x.dtype)).sum(0)  # [D]
+    total = centred.pow(2).sum(0)  # [D]
+    return (between / total.clamp(min=torch.finfo(x.dtype).tiny)).mean()
 
 
 # ---- frames ---------------------------------------------------------------------------------

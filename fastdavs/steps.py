@@ -1,7 +1,8 @@
 """The losses of the DAVS training stages, composed from the model and `fastdavs.losses`.
 
     pid     identity pretraining:  CE(IdentityClassifier(E_p(frame)), person)
-    wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip;
+    wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip
+                                   (+ identity scatter, when weighted);
                                    D side: the modality discriminator
     render  the generator alone:   reconstruction (audio- and video-driven) + smoothness, on
                                    frozen encoders (not in the original; 0 steps in `paper`)
@@ -31,6 +32,7 @@ from fastdavs.data.dataset import take_run
 from fastdavs.losses import (
     contrastive_loss,
     gan_loss,
+    identity_scatter_loss,
     modality_discriminator_loss,
     modality_flip_loss,
     reconstruction_loss,
@@ -208,11 +210,15 @@ def generator_loss(
     # toward video); the wid stage trains both.
     video = fwd.wid_v.detach() if stage == "gen" else fwd.wid_v
     margin, kb = w.contrastive_margin, cfg.kernel_backend
+    persons = batch["identity_label"]
     terms = [
         (w.word_ce, "ce_audio", F.cross_entropy(model.word_classifier(fwd.wid_a), word)),
         (w.word_ce, "ce_video", F.cross_entropy(model.word_classifier(fwd.wid_v), word)),
         (w.contrastive, "contrastive", contrastive_loss(fwd.wid_a, video, margin, backend=kb)),
         (w.modality_flip, "modality_flip", modality_flip_loss(d(fwd.wid_a), d(fwd.wid_v))),
+        # identity in the clip-mean word-ID features, what fastdavs-eval's probes read
+        (w.identity_scatter, "scatter_audio", identity_scatter_loss(fwd.wid_a.mean(1), persons)),
+        (w.identity_scatter, "scatter_video", identity_scatter_loss(fwd.wid_v.mean(1), persons)),
     ]
     if stage == "wid":
         return _sum(terms)

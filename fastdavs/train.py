@@ -25,7 +25,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.steps import STAGES
 
 PROG = "fastdavs-train"
-SYNTH_VERSION = 2  # bump when SynthLRW's content changes, so caches are rebuilt (2: visemes)
+SYNTH_VERSION = 3  # bump when SynthLRW's content changes, so caches are rebuilt (3: 120 identities)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-disentangle",
         action="store_true",
-        help="ablation: adversarial disentangling off (sets --loss-pid-uniform, "
-        "--loss-wid-uniform and --loss-adversary-ce to 0)",
+        help="ablation: disentangling off (sets --loss-pid-uniform, --loss-wid-uniform, "
+        "--loss-adversary-ce and --loss-identity-scatter to 0)",
     )
     parser.add_argument(
         "--no-eval", action="store_true", help="skip fastdavs-eval at the end of training"
@@ -106,7 +106,13 @@ def _train(argv: Sequence[str] | None) -> None:
     if args.no_disentangle:
         cfg = dataclasses.replace(
             cfg,
-            loss=dataclasses.replace(cfg.loss, pid_uniform=0.0, wid_uniform=0.0, adversary_ce=0.0),
+            loss=dataclasses.replace(
+                cfg.loss,
+                pid_uniform=0.0,
+                wid_uniform=0.0,
+                adversary_ce=0.0,
+                identity_scatter=0.0,
+            ),
         )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     distributed = _distributed()

@@ -117,6 +117,7 @@ class Trainer:
             drop_last=True,
             rank=self.rank,
             world=self.world,
+            identity_group=cfg.optim.identity_group,
         )
         self.pos = _Position()
         self.step = TrainStep(self.model, cfg, self.device, opts.amp, self.world)

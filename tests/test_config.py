@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fastdavs.cli import add_config_args, config_from_args
-from fastdavs.config import PRESETS, ConfigError, DavsConfig
+from fastdavs.config import PRESETS, ConfigError, DavsConfig, LossWeights, OptimConfig
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -62,6 +62,8 @@ def test_overrides_are_validated():
         ({"mfcc_steps": 25}, "20x12"),
         ({"gan_frames": 0}, "gan_frames=0"),
         ({"mouth_box": (0.8, 0.2, 0.1, 0.9)}, "mouth_box"),
+        ({"optim": OptimConfig(identity_group=17)}, "identity_group=17: must be 1..batch_size"),
+        ({"loss": LossWeights(identity_scatter=1.0)}, "set optim.identity_group to 2 or more"),
     ],
 )
 def test_invalid_values_name_the_field(change, message):

@@ -202,3 +202,25 @@ def test_gen_step_with_the_mouth_editor_is_finite():
     assert parts is not None and all(torch.isfinite(torch.tensor(v)) for v in parts.values())
     assert {"rec_audio", "gan", "d_patch", "pid_uniform"} <= set(parts)
     assert not torch.equal(model.generator.out.weight, before)
+
+
+def test_identity_scatter_trains_the_word_encoders_in_wid_and_gen():
+    torch.manual_seed(0)
+    cfg = DavsConfig.from_preset("tiny")
+    cfg.loss.identity_scatter, cfg.optim.identity_group = 1.0, 2
+    model = _model(cfg)
+    batch = steps.example_batch(cfg, 4)
+    batch["identity_label"] = torch.tensor([3, 3, 5, 5])  # two people, two clips each
+    for stage in ("wid", "gen"):
+        fwd = steps.forward(model, batch, stage)
+        _, parts = steps.generator_loss(model, fwd, batch, stage)
+        assert 0 < parts["scatter_audio"] <= 1 and 0 < parts["scatter_video"] <= 1
+    model.zero_grad(set_to_none=True)
+    fwd = steps.forward(model, batch, "wid")
+    a = steps.identity_scatter_loss(fwd.wid_a.mean(1), batch["identity_label"])
+    v = steps.identity_scatter_loss(fwd.wid_v.mean(1), batch["identity_label"])
+    (a + v).backward()
+    for name in ("audio_encoder", "video_encoder"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and any(g.abs().max() > 0 for g in grads), name
+    assert all(p.grad is None for p in model.generator.parameters())

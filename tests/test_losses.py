@@ -12,6 +12,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.losses import (
     contrastive_loss,
     gan_loss,
+    identity_scatter_loss,
     modality_discriminator_loss,
     modality_flip_loss,
     mouth_mask,
@@ -328,3 +329,66 @@ def test_dtype_preserved_and_scalar(name, dtype):
     ref = fn(*[x.to(F64) for x in inputs])
     rtol = {torch.float32: 1e-5, torch.bfloat16: 4e-3, F64: 1e-12}[dtype]
     torch.testing.assert_close(out.to(F64), ref, rtol=rtol, atol=0.0)
+
+
+# ---- identity scatter -------------------------------------------------------------------------
+def test_identity_scatter_hand_values():
+    # one dimension, identities {0, 2} and {10, 12}: mean 6, total scatter 36+16+16+36 = 104,
+    # identity sums of centred values -10 and +10: between = 100/2 + 100/2 = 100
+    x = torch.tensor([[0.0], [2.0], [10.0], [12.0]], dtype=F64)
+    out = identity_scatter_loss(x, torch.tensor([0, 0, 1, 1]))
+    assert math.isclose(out.item(), 100 / 104, rel_tol=1e-12)
+    # a second dimension whose identity means agree halves the mean over dimensions
+    x2 = torch.cat((x, torch.tensor([[0.0], [4.0], [1.0], [3.0]], dtype=F64)), 1)
+    out2 = identity_scatter_loss(x2, torch.tensor([0, 0, 1, 1]))
+    assert math.isclose(out2.item(), (100 / 104 + 0.0) / 2, rel_tol=1e-12)
+
+
+def test_identity_scatter_ignores_unknown_and_single_clips_and_scale():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 5, generator=g, dtype=F64)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, -1, -1])  # identity 2 once, two unknown clips
+    keep = slice(0, 5)
+    ref = identity_scatter_loss(x[keep], labels[keep])
+    torch.testing.assert_close(identity_scatter_loss(x, labels), ref)
+    scale = torch.tensor([1e-3, 1.0, 7.0, 1e3, 2.0], dtype=F64)  # per-dimension units
+    torch.testing.assert_close(identity_scatter_loss(x * scale + 4, labels), ref)
+    for few in (torch.arange(8), torch.full((8,), -1), torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])):
+        out = identity_scatter_loss(x.requires_grad_(), few)  # fewer than 2 repeated identities
+        assert out.item() == 0.0
+        out.backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+        x.grad = None
+
+
+def test_identity_scatter_chance_level_and_dtype():
+    # features that carry no identity: mean (P - 1) / (N - 1) over draws (4 identities x 4 clips)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(4)
+    draws = [identity_scatter_loss(torch.randn(16, 6, generator=g), labels) for _ in range(500)]
+    assert abs(torch.stack(draws).mean().item() - 3 / 15) < 0.01
+    out = identity_scatter_loss(torch.randn(16, 6, generator=g).bfloat16(), labels)
+    assert out.dtype == torch.float32 and out.dim() == 0
+
+
+def test_identity_scatter_gradcheck_and_descent():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    x = torch.randn(8, 3, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: identity_scatter_loss(t, labels), (x,))
+    # features made of identity offsets + noise: gradient steps take the identity out
+    offsets = torch.randn(3, 3, generator=g, dtype=F64)[labels] * 3
+    y = (offsets + 0.3 * torch.randn(8, 3, generator=g, dtype=F64)).requires_grad_()
+    start = identity_scatter_loss(y, labels).item()
+    for _ in range(50):
+        loss = identity_scatter_loss(y, labels)
+        (grad,) = torch.autograd.grad(loss, y)
+        y = (y - 2.0 * grad).detach().requires_grad_()
+    assert start > 0.8 and identity_scatter_loss(y, labels).item() < 0.3
+
+
+def test_identity_scatter_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="must be"):
+        identity_scatter_loss(torch.zeros(4, 2, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="must be"):
+        identity_scatter_loss(torch.zeros(4, 2), torch.zeros(3, dtype=torch.long))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastdavs.config import ConfigError, DavsConfig
-from fastdavs.data.dataset import DavsDataset, _item_rng, make_loader, take_run
+from fastdavs.data.dataset import DavsDataset, EpochSampler, _item_rng, make_loader, take_run
 from fastdavs.data.shards import (
     FRAMES_PER_CLIP,
     ShardSet,
@@ -436,3 +436,61 @@ def test_loader_batches_identical_for_0_and_2_workers_across_epochs(out):
         assert sorted(clips) == list(range(N_CLIPS))
     order = [[d[0] for b in epoch for d in decode(b["identity"])] for epoch in runs[0]]
     assert order[0] != order[1]
+
+
+class _People:
+    """The part of a DavsDataset that EpochSampler reads: its length, epoch and identities."""
+
+    def __init__(self, identities: list[int]):
+        self.shards = type("Shards", (), {"identities": np.array(identities)})()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.shards.identities)
+
+
+def _runs(keys: list[int], identities: np.ndarray) -> list[int]:
+    """Lengths of the runs of consecutive keys with one identity."""
+    lengths = [1]
+    for a, b in zip(keys, keys[1:], strict=False):
+        same = identities[a] == identities[b]
+        lengths[-1:] = [lengths[-1] + 1] if same else [lengths[-1], 1]
+    return lengths
+
+
+def test_sampler_identity_group_runs_cover_every_item_once():
+    # 7 people, interleaved: 5 with 5 clips and 2 with 4; and 2 clips of unknown identity
+    people = [i % 7 for i in range(33)] + [-1, -1]
+    data = _People(people)
+    ids = data.shards.identities
+    orders = []
+    for epoch in (0, 1):
+        data.epoch = epoch
+        keys = [i for e, i in EpochSampler(data, shuffle=True, seed=4, group=4)]
+        assert sorted(keys) == list(range(len(people)))
+        # each person's clips come as a run of 4 (and a run of 1 for the people with 5)
+        runs = _runs(keys, ids)
+        assert max(runs) <= 5  # a person's run of 1 may land beside their run of 4
+        assert sum(r >= 4 for r in runs) == 7
+        orders.append(keys)
+    assert orders[0] != orders[1]
+    data.epoch = 0
+    again = [i for e, i in EpochSampler(data, shuffle=True, seed=4, group=4)]
+    assert again == orders[0]  # reproducible from (seed, epoch)
+    plain = [i for e, i in EpochSampler(data, shuffle=True, seed=4)]
+    assert max(_runs(plain, ids)) <= 3  # group 1 is a plain shuffle
+
+
+def test_sampler_identity_group_ranks_share_whole_runs():
+    data = _People([i // 6 for i in range(48)])  # 8 people x 6 clips
+    whole = [i for e, i in EpochSampler(data, shuffle=True, seed=2, group=3)]
+    shares = [[i for e, i in EpochSampler(data, True, 2, rank, 2, group=3)] for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(48))
+    assert shares[0] == [k for p, k in enumerate(whole) if p // 3 % 2 == 0]
+    for share in shares:  # each rank's batches of 3 hold one person
+        assert all(len({data.shards.identities[k] for k in share[j : j + 3]}) == 1 for j in (0, 3))
+    sampler = EpochSampler(data, True, 2, 1, 2, group=3)
+    sampler.start = 5
+    assert len(sampler) == 24 - 5 and [i for e, i in sampler] == shares[1][5:]
+    with pytest.raises(ValueError, match="group=0"):
+        EpochSampler(data, True, group=0)

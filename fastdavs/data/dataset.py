@@ -205,32 +205,72 @@ class EpochSampler(Sampler):
 
     The epoch is read from the dataset when iteration starts, in the main process, so
     `DavsDataset.set_epoch` reaches persistent workers through the keys; the order of an epoch
-    is reproducible on its own, which a resumed run needs. With `world` > 1 each rank takes every
-    `world`-th key of the same order (each process of a distributed run sees its own share), and
-    `start` skips the first keys of this rank's share: a resumed run sets it to the number of
-    items it had consumed in the epoch, so no item is loaded only to be thrown away.
+    is reproducible on its own, which a resumed run needs. With `group` > 1 (shuffled orders
+    only) the shuffled items are gathered into runs of up to `group` clips of one identity
+    (clips of unknown identity stay single) and the runs are shuffled: a batch then holds
+    several clips of each of fewer people, which `losses.identity_scatter_loss` needs. With
+    `world` > 1 each rank takes every `world`-th run of `group` keys of the same order (each
+    process of a distributed run sees its own share), and `start` skips the first keys of this
+    rank's share: a resumed run sets it to the number of items it had consumed in the epoch, so
+    no item is loaded only to be thrown away.
     """
 
     def __init__(
-        self, dataset: DavsDataset, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
+        self,
+        dataset: DavsDataset,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        group: int = 1,
     ):
         if not 0 <= rank < world:
             raise ValueError(f"rank={rank} must be in [0, world={world})")
+        if group < 1:
+            raise ValueError(f"group={group} must be at least 1")
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.group = rank, world, group
         self.start = 0
 
+    def _mine(self, n: int) -> np.ndarray:
+        """[n] bool: the positions of an epoch's order that belong to this rank."""
+        return np.arange(n) // self.group % self.world == self.rank
+
     def __len__(self) -> int:
-        return max(0, len(range(self.rank, len(self.dataset), self.world)) - self.start)
+        return max(0, int(self._mine(len(self.dataset)).sum()) - self.start)
 
     def __iter__(self):
         epoch, n = self.dataset.epoch, len(self.dataset)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
+        if not self.shuffle:
             order = np.arange(n)
-        for i in order[self.rank :: self.world][self.start :].tolist():
+        else:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(n)
+            if self.group > 1:
+                order = _identity_runs(order, self.dataset.shards.identities, self.group, rng)
+        for i in order[self._mine(n)][self.start :].tolist():
             yield epoch, i
+
+
+def _identity_runs(
+    order: np.ndarray, identities: np.ndarray, group: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`order` rearranged into shuffled runs of up to `group` items of one identity.
+
+    Args:
+        order: [N] item indices (already shuffled); identities: [num items] labels, -1 unknown.
+    Returns: [N] the same indices, each identity's items in their `order` order, cut into runs.
+    """
+    runs: dict[int, list[int]] = {}
+    for i in order.tolist():
+        runs.setdefault(int(identities[i]), []).append(i)
+    chunks = [
+        items[k : k + size]
+        for person, items in runs.items()
+        for size in [group if person >= 0 else 1]
+        for k in range(0, len(items), size)
+    ]
+    return np.array([i for c in rng.permutation(len(chunks)) for i in chunks[c]], dtype=np.int64)
 
 
 def default_num_workers() -> int:
@@ -253,20 +293,22 @@ def make_loader(
     drop_last: bool = False,
     rank: int = 0,
     world: int = 1,
+    identity_group: int = 1,
 ) -> DataLoader:
     """A DataLoader over `dataset` whose batches depend only on (seed, dataset seed, epoch).
 
     Call ``dataset.set_epoch(e)`` before iterating epoch e (and set ``loader.sampler.start`` to
     skip items already consumed). Workers are persistent when `num_workers` > 0 (default
     `default_num_workers`); memory is pinned only if CUDA is available. Batches are identical for
-    every `num_workers`. `rank`/`world` shard each epoch across the processes of a distributed run.
+    every `num_workers`. `rank`/`world` shard each epoch across the processes of a distributed run;
+    `identity_group` > 1 puts that many clips of one identity in a row (`EpochSampler`).
     """
     if num_workers is None:
         num_workers = default_num_workers()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(dataset, shuffle, seed, rank, world),
+        sampler=EpochSampler(dataset, shuffle, seed, rank, world, identity_group),
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),  # seeds any torch RNG in the workers
         persistent_workers=num_workers > 0,

@@ -1,7 +1,7 @@
 """SynthLRW: the embedded synthetic talking-face data set, written in LRW layout.
 
-    python -m fastdavs.data.synth --out DIR [--identities 40] [--held-out 10] [--words 30]
-                                  [--takes 3] [--seed 0] [--size 256] [--workers N]
+    python -m fastdavs.data.synth --out DIR [--identities 120] [--held-out 30] [--words 30]
+                                  [--takes 1] [--seed 0] [--size 256] [--workers N]
 
 writes `DIR/WORD/{train,val,test}/WORD_00001.mp4` (29 frames at 25 fps, H.264, 16 kHz AAC in the
 same file) with LRW's `.txt` beside each clip, a `.json` sidecar (identity, take, per-frame
@@ -51,10 +51,10 @@ VISEME_DECIMALS = 4  # the sidecar's visemes are rounded to 1e-4 (the renderer i
 class SynthConfig:
     """What a SynthLRW set contains. The defaults are the embedded training set."""
 
-    identities: int = 40
-    held_out: int = 10  # identities reserved for val and test (half each), never in train
+    identities: int = 120
+    held_out: int = 30  # identities reserved for val and test (half each), never in train
     words: int = 30
-    takes: int = 3  # takes per (identity, word)
+    takes: int = 1  # takes per (identity, word)
     seed: int = 0
     size: int = 256  # frame size in pixels (LRW is 256)
 
