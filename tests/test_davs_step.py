@@ -105,6 +105,22 @@ def test_wid_and_pid_stages_train_only_their_modules():
     assert parts["pid_ce"] > 0
 
 
+def test_person_ce_averages_over_known_identities_only():
+    """The masked form equals the cross-entropy of the known items alone, in float32 from
+    float16 logits; with no identity known it is 0 and still differentiable."""
+    logits = torch.randn(5, 4, dtype=torch.float16)
+    labels = torch.tensor([2, -1, 0, -1, 3])
+    known = labels >= 0
+    got = steps._person_ce(logits, labels)
+    want = torch.nn.functional.cross_entropy(logits[known].float(), labels[known])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    none = logits.float().requires_grad_()
+    zero = steps._person_ce(none, torch.full((5,), -1))
+    zero.backward()
+    assert zero.item() == 0 and torch.equal(none.grad, torch.zeros_like(none))
+
+
 def _outside_edit_box_as_identity(cfg: DavsConfig, batch: dict) -> None:
     """Frames (and adversary frames) of each clip equal to its identity frame outside the edit
     box: the mouth editor keeps those pixels, so a loss there could not go down."""

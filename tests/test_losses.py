@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from fastdavs.config import DavsConfig
 from fastdavs.losses import (
     contrastive_loss,
+    cross_entropy,
     gan_loss,
     modality_discriminator_loss,
     modality_flip_loss,
@@ -289,6 +290,11 @@ def _cases():
     def gan(x):
         return gan_loss(x, True, soft=0.1, generator=torch.Generator().manual_seed(1))
 
+    labels = torch.tensor([3, 0, 9, 9])
+
+    def ce(x):
+        return cross_entropy(x, labels)
+
     return [
         ("contrastive", contrastive_loss, (torch.randn(3, 8), torch.randn(3, 8))),
         ("contrastive_btd", contrastive_loss, (torch.randn(3, 2, 4), torch.randn(3, 2, 4))),
@@ -313,18 +319,22 @@ def _cases():
             (torch.rand(2, 3, 3, 8, 8), torch.rand(2, 3, 8, 8)),
         ),
         ("gan_soft", gan, (torch.randn(2, 1, 4, 4),)),
+        ("cross_entropy", ce, (torch.randn(4, 10) * 3,)),
     ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, F64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, F64], ids=str)
 @pytest.mark.parametrize("name", [c[0] for c in _cases()])
-def test_dtype_preserved_and_scalar(name, dtype):
+def test_result_is_at_least_float32_and_scalar(name, dtype):
+    """16-bit inputs give a float32 loss (a 16-bit one would overflow once the training step
+    weights it by 1e6 and a gradient scaler by 65536) computed as float32 inputs would be."""
     fn, inputs = next((f, x) for n, f, x in _cases() if n == name)
     inputs = [x.to(dtype) for x in inputs]
     out = fn(*inputs)
-    assert out.dtype == dtype and out.dim() == 0 and torch.isfinite(out)
-    # The same (rounded) inputs in float64: only the loss's own arithmetic may differ, and in
-    # bfloat16 that is one final rounding (<= 2^-8 relative) as the sums run in float32.
+    wide = F64 if dtype == F64 else torch.float32
+    assert out.dtype == wide and out.dim() == 0 and torch.isfinite(out)
+    # The same (rounded) inputs in float64: only the loss's own float32 (or float64)
+    # arithmetic may differ, whatever the input dtype.
     ref = fn(*[x.to(F64) for x in inputs])
-    rtol = {torch.float32: 1e-5, torch.bfloat16: 4e-3, F64: 1e-12}[dtype]
+    rtol = {torch.float32: 1e-5, F64: 1e-12}[wide]
     torch.testing.assert_close(out.to(F64), ref, rtol=rtol, atol=0.0)
