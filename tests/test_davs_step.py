@@ -193,7 +193,7 @@ def test_render_stage_trains_the_generator_alone_on_frozen_encoders(generator):
     assert set(step.optimizers) == {"g"} and STAGE_MODULES["render"] == (("generator",), ())
     parts = step("render", batch)
     assert set(parts) == {"rec_audio", "rec_video", "smoothness"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert all(torch.isfinite(v) for v in parts.values())
     changed = {
         k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])
     }
@@ -203,7 +203,7 @@ def test_render_stage_trains_the_generator_alone_on_frozen_encoders(generator):
     with torch.no_grad():
         again, _ = steps.render_loss(model, batch)
     loss = parts["rec_audio"] + parts["rec_video"] + cfg.loss.smoothness * parts["smoothness"]
-    assert again.item() < loss, (again.item(), loss)
+    assert again.item() < loss.item(), (again.item(), loss.item())
 
 
 def test_gen_step_with_the_mouth_editor_is_finite():
@@ -215,6 +215,6 @@ def test_gen_step_with_the_mouth_editor_is_finite():
     step.make_optimizers("gen")
     before = model.generator.out.weight.clone()
     parts = step("gen", steps.example_batch(cfg, B))
-    assert parts is not None and all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert parts is not None and all(torch.isfinite(v) for v in parts.values())
     assert {"rec_audio", "gan", "d_patch", "pid_uniform"} <= set(parts)
     assert not torch.equal(model.generator.out.weight, before)
