@@ -83,7 +83,7 @@ def worker(arm: str, preset: str, generator: str | None, stage: str, steps: int)
             times.append(time.perf_counter() - t)
         if parts is None:
             raise SystemExit(f"{arm}/{preset}: step {i} was not finite")
-        losses.append(parts)
+        losses.append({k: float(v) for k, v in parts.items()})  # device tensors: read here
     return {
         "times": times,
         "losses": losses,

@@ -84,7 +84,7 @@ class ScheduleConfig:
     wid_steps: int = 20000  # shared word space
     render_steps: int = 0  # the generator alone on frozen word-ID (not in the original)
     gen_steps: int = 100000  # joint generation
-    log_every: int = 10
+    log_every: int = 10  # a metrics.jsonl record (loss means over these steps) every N steps
     sample_every: int = 1000  # sample grid (PNG) and sample mp4 during `render` and `gen`
     checkpoint_every: int = 500
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops

@@ -9,8 +9,9 @@ whose two terms are weighted inside as in the original. Nothing here sums a tota
                (audio-vs-video discriminator, GAN-style label flip for the encoders);
 - disentangle: `uniform_softmax_loss` (pid -> word and wid -> person adversaries, encoder step),
                `identity_scatter_loss` (identity left in a batch's word-ID features);
-- frames:      `reconstruction_loss`, `smoothness_loss`, `gan_loss`.
-The word classifier and the adversaries' classifier step use `F.cross_entropy` directly.
+- frames:      `reconstruction_loss`, `smoothness_loss`, `gan_loss`;
+- classifiers: `cross_entropy` (the word and identity classifiers, the adversaries' classifier
+               step).
 
 Conventions. Images are RGB in [0, 1]; the reconstruction loss is computed on the 0-255 scale
 (fake*255 vs real*255) as the original does, and the smoothness loss on the [0, 1] scale, as the
@@ -18,8 +19,14 @@ original's `G_x_loss` does, so that `LossWeights` (the original `Options.py` val
 meaning. Discriminators and classifiers output logits, so the binary losses use
 `binary_cross_entropy_with_logits`, which equals the original sigmoid + BCE but stays exact for
 large |logit| (in float32 the sigmoid form saturates near |logit| 17 and PyTorch's BCE clamps
-log at -100). Every function returns a 0-d tensor of the input's dtype on the input's device and
-is differentiable; float16/bfloat16 inputs are computed in float32 and the result cast back.
+log at -100). Every function returns a 0-d tensor (`cross_entropy` may return one per item) on
+the input's device and is differentiable.
+
+Precision. Every loss is computed and returned in at least float32 (float32 for float16/bfloat16
+inputs, float64 for float64), whatever autocast produced upstream: the training step weights
+these values (the uniform-softmax terms by up to 1e6) and a gradient scaler multiplies the sum
+by up to 65536 more, which a 16-bit result could not hold (float16 tops out at 65504), and the
+small terms (a uniform-softmax loss near its optimum is ~1e-8) would round to 0 in float16.
 """
 
 from __future__ import annotations
@@ -35,23 +42,6 @@ Box = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels, as Davs
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """`x` in at least float32: the losses accumulate over many elements."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _bce(
-    logits: torch.Tensor,
-    real: bool,
-    soft: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """`gan_loss` before the cast back to the input dtype, so that sums round once."""
-    x = _wide(logits)
-    if soft > 0:
-        device = generator.device if generator is not None else x.device
-        u = torch.rand(x.shape, generator=generator, device=device).to(x)
-        target = 1 - soft * u if real else soft * u
-    else:
-        target = torch.full_like(x, 1.0 if real else 0.0)
-    return F.binary_cross_entropy_with_logits(x, target)
 
 
 # ---- word-ID space --------------------------------------------------------------------------
@@ -116,7 +106,7 @@ def contrastive_loss(
     eye = torch.eye(b, dtype=torch.bool, device=sq.device)
     negatives = (margin - dist).clamp(min=0).pow(2).masked_fill(eye, 0).sum()
     positives = sq.diagonal().sum()
-    return ((positives + negatives) / (2 * b)).to(audio_emb.dtype)
+    return (positives + negatives) / (2 * b)
 
 
 def modality_discriminator_loss(
@@ -131,8 +121,7 @@ def modality_discriminator_loss(
 
     Returns: 0-d tensor; each BCE is a mean over its elements.
     """
-    loss = 0.5 * (_bce(d_audio_logits, True) + _bce(d_video_logits, False))
-    return loss.to(d_audio_logits.dtype)
+    return 0.5 * (gan_loss(d_audio_logits, True) + gan_loss(d_video_logits, False))
 
 
 def modality_flip_loss(d_audio_logits: torch.Tensor, d_video_logits: torch.Tensor) -> torch.Tensor:
@@ -142,8 +131,7 @@ def modality_flip_loss(d_audio_logits: torch.Tensor, d_video_logits: torch.Tenso
     pushed towards features the discriminator assigns to the other modality. Shapes as in
     `modality_discriminator_loss`. Returns: 0-d tensor.
     """
-    loss = _bce(d_audio_logits, False) + _bce(d_video_logits, True)
-    return loss.to(d_audio_logits.dtype)
+    return gan_loss(d_audio_logits, False) + gan_loss(d_video_logits, True)
 
 
 # ---- disentanglement adversaries ------------------------------------------------------------
@@ -159,10 +147,26 @@ def uniform_softmax_loss(logits: torch.Tensor) -> torch.Tensor:
     Returns: 0-d tensor, the mean over all N*K elements.
     """
     p = _wide(logits).softmax(dim=1)  # [N, K]
-    return F.mse_loss(p, torch.full_like(p, 1.0 / p.shape[1])).to(logits.dtype)
+    return F.mse_loss(p, torch.full_like(p, 1.0 / p.shape[1]))
 
 
-def identity_scatter_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+# ---- classifiers ----------------------------------------------------------------------------
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """`F.cross_entropy` of classifier logits, computed in at least float32.
+
+    Args:
+        logits: [N, K] classifier logits.
+        labels: [N] class indices in [0, K).
+        reduction: ``"mean"`` (0-d) or ``"none"`` ([N], one loss per item).
+    """
+    return F.cross_entropy(_wide(logits), labels, reduction=reduction)
+
+
+def identity_scatter_loss(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Share of a batch's feature scatter that lies between identities (not in the original).
 
     For each dimension d, over the items whose identity occurs at least twice in the batch:
@@ -177,7 +181,9 @@ def identity_scatter_loss(features: torch.Tensor, labels: torch.Tensor) -> torch
 
     Args:
         features: [N, D] per-clip features (e.g. word-ID features averaged over time).
-        labels: [N] identity labels, -1 for unknown (left out).
+        labels: [N] identity labels in [0, num_classes), -1 for unknown (left out).
+        num_classes: how many identities the labels can name (a fixed size: nothing here
+            depends on the values, so nothing waits for the device).
 
     Returns: 0-d tensor in at least float32; 0 (with a gradient of zeros) when fewer than two
     identities occur twice.
@@ -188,17 +194,20 @@ def identity_scatter_loss(features: torch.Tensor, labels: torch.Tensor) -> torch
             f"{tuple(labels.shape)} the matching [N]"
         )
     x = _wide(features)
-    classes, y, counts = labels.unique(return_inverse=True, return_counts=True)
-    keep = (labels >= 0) & (counts[y] >= 2)  # [N]
-    if int((classes[counts >= 2] >= 0).sum()) < 2:
-        return x.sum() * 0
-    x, y = x[keep], y[keep]
-    centred = x - x.mean(0)  # [n, D]
-    sums = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device)
-    sums.index_add_(0, y, centred)  # [K, D] per-identity sums of centred features
-    between = (sums.pow(2) / counts[:, None].clamp(min=1).to(x.dtype)).sum(0)  # [D]
+    y = labels + 1  # [N] in [0, num_classes]: 0 is "unknown"
+    counts = torch.zeros(num_classes + 1, dtype=x.dtype, device=x.device)
+    counts.index_add_(0, y, torch.ones_like(y, dtype=x.dtype))  # [K + 1] clips per identity
+    repeated = counts >= 2
+    repeated[0] = False  # unknown identities never count
+    keep = repeated[y].to(x.dtype)[:, None]  # [N, 1]; masks, not indexing: no host sync
+    mean = (x * keep).sum(0) / keep.sum().clamp(min=1)  # [D]
+    centred = (x - mean) * keep  # [N, D], 0 on the rows left out
+    sums = torch.zeros(num_classes + 1, x.shape[1], dtype=x.dtype, device=x.device)
+    sums.index_add_(0, y, centred)  # [K + 1, D] per-identity sums of centred features
+    between = (sums.pow(2) / counts[:, None].clamp(min=1)).sum(0)  # [D]
     total = centred.pow(2).sum(0)  # [D]
-    return (between / total.clamp(min=torch.finfo(x.dtype).tiny)).mean()
+    share = (between / total.clamp(min=torch.finfo(x.dtype).tiny)).mean()
+    return share * (repeated.sum() >= 2)  # 0 without two identities to compare
 
 
 # ---- frames ---------------------------------------------------------------------------------
@@ -248,8 +257,7 @@ def reconstruction_loss(
     """
     f, r = _wide(fake) * 255, _wide(real) * 255
     m = mouth_mask(f.shape[-2], f.shape[-1], mouth_box, device=f.device, dtype=f.dtype)
-    loss = weight * F.l1_loss(f, r) + mouth_weight * F.l1_loss(f * m, r * m)
-    return loss.to(fake.dtype)
+    return weight * F.l1_loss(f, r) + mouth_weight * F.l1_loss(f * m, r * m)
 
 
 def smoothness_loss(fake: torch.Tensor, identity: torch.Tensor, mouth_box: Box) -> torch.Tensor:
@@ -278,7 +286,7 @@ def smoothness_loss(fake: torch.Tensor, identity: torch.Tensor, mouth_box: Box) 
     prev = torch.cat([_wide(identity)[:, None], f[:, :-1]], dim=1).detach()  # [B, T, 3, H, W]
     outside = 1 - mouth_mask(f.shape[-2], f.shape[-1], mouth_box, device=f.device, dtype=f.dtype)
     per_frame = ((f - prev) * outside).abs().mean(dim=(0, 2, 3, 4))  # [T]
-    return per_frame.sum().to(fake.dtype)
+    return per_frame.sum()
 
 
 def gan_loss(
@@ -305,4 +313,11 @@ def gan_loss(
     """
     if not 0.0 <= soft < 1.0:
         raise ValueError(f"gan_loss: soft={soft} must be in [0, 1)")
-    return _bce(logits, real, soft, generator).to(logits.dtype)
+    x = _wide(logits)
+    if soft > 0:
+        device = generator.device if generator is not None else x.device
+        u = torch.rand(x.shape, generator=generator, device=device).to(x)
+        target = 1 - soft * u if real else soft * u
+    else:
+        target = torch.full_like(x, 1.0 if real else 0.0)
+    return F.binary_cross_entropy_with_logits(x, target)

@@ -41,7 +41,8 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
         rows = [r for r in records if r["stage"] == stage]
-        keys = [k for k in rows[-1] if k not in SKIP_KEYS]
+        # Every part any record has: a record whose steps were all skipped has none.
+        keys = list(dict.fromkeys(k for r in rows for k in r if k not in SKIP_KEYS))
         for key in keys:
             pts = [(r["step"], r[key]) for r in rows if key in r]
             ax.plot(*zip(*pts, strict=True), label=key, linewidth=1)

@@ -14,7 +14,9 @@ activations and a generator-side loss; the trainer steps D first, then G, as the
 `optimize_parameters`. A batch is what `fastdavs.data.dataset.DavsDataset` yields (collated):
 identity [B,3,S,S], frames [B,L,3,S,S], mfcc [B,L,20,12], gen_start [B], adv_frames [B,P,3,S,S],
 word [B], identity_label [B] (-1 where unknown). Every loss function returns (loss, parts), where
-parts maps a loss name to its unweighted value (detached), for logging.
+parts maps a loss name to its unweighted value (detached), for logging. Every term, and so the
+total, is float32 (at least) under autocast too (`fastdavs.losses`: 16-bit terms would overflow
+once weighted and scaled).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import take_run
 from fastdavs.losses import (
     contrastive_loss,
+    cross_entropy,
     gan_loss,
     identity_scatter_loss,
     modality_discriminator_loss,
@@ -54,11 +57,16 @@ def _sum(weighted: list[tuple[float, str, torch.Tensor]]) -> tuple[torch.Tensor,
 
 
 def _person_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the items whose identity is known (label >= 0); 0 if none is."""
-    known = labels >= 0
-    if not known.any():
-        return logits.sum() * 0
-    return F.cross_entropy(logits[known], labels[known])
+    """Cross-entropy averaged over the items whose identity is known (label >= 0); 0 if none is.
+    Masked rather than indexed, so that no count is read back to the host.
+
+    Args:
+        logits: [N, K] identity classifier logits.
+        labels: [N] identity labels, -1 where unknown.
+    """
+    known = labels >= 0  # [N]
+    per_item = cross_entropy(logits, labels.clamp(min=0), reduction="none")  # [N]
+    return (per_item * known).sum() / known.sum().clamp(min=1)
 
 
 def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -183,7 +191,7 @@ def discriminator_loss(model: DavsModel, fwd: Forward, batch: dict) -> tuple[tor
     wid_logits = model.wid_person_adversary(torch.cat((wid_a, wid_v)).flatten(0, 1))
     word_logits = model.pid_word_adversary(fwd.net1.detach())
     terms += [
-        (w.adversary_ce, "pid_adv_ce", F.cross_entropy(word_logits, batch["word"])),
+        (w.adversary_ce, "pid_adv_ce", cross_entropy(word_logits, batch["word"])),
         (w.adversary_ce, "wid_adv_ce", _person_ce(wid_logits, persons.repeat(2))),
     ]
     seq_d = model.sequence_discriminator
@@ -210,16 +218,16 @@ def generator_loss(
     # toward video); the wid stage trains both.
     video = fwd.wid_v.detach() if stage == "gen" else fwd.wid_v
     margin, kb = w.contrastive_margin, cfg.kernel_backend
-    persons = batch["identity_label"]
     terms = [
-        (w.word_ce, "ce_audio", F.cross_entropy(model.word_classifier(fwd.wid_a), word)),
-        (w.word_ce, "ce_video", F.cross_entropy(model.word_classifier(fwd.wid_v), word)),
+        (w.word_ce, "ce_audio", cross_entropy(model.word_classifier(fwd.wid_a), word)),
+        (w.word_ce, "ce_video", cross_entropy(model.word_classifier(fwd.wid_v), word)),
         (w.contrastive, "contrastive", contrastive_loss(fwd.wid_a, video, margin, backend=kb)),
         (w.modality_flip, "modality_flip", modality_flip_loss(d(fwd.wid_a), d(fwd.wid_v))),
-        # identity in the clip-mean word-ID features, what fastdavs-eval's probes read
-        (w.identity_scatter, "scatter_audio", identity_scatter_loss(fwd.wid_a.mean(1), persons)),
-        (w.identity_scatter, "scatter_video", identity_scatter_loss(fwd.wid_v.mean(1), persons)),
     ]
+    if w.identity_scatter:  # identity in the clip-mean word-ID, what fastdavs-eval's probes read
+        persons, k = batch["identity_label"], cfg.num_identities
+        for name, wid in (("scatter_audio", fwd.wid_a), ("scatter_video", fwd.wid_v)):
+            terms.append((w.identity_scatter, name, identity_scatter_loss(wid.mean(1), persons, k)))
     if stage == "wid":
         return _sum(terms)
     box = cfg.mouth_box_px

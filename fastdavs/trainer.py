@@ -15,6 +15,12 @@ A step with a non-finite loss or gradient is skipped and counted; `schedule.max_
 a row stop the run with a message naming the step and the loss, leaving the last good
 checkpoint as it was.
 
+Logging reads the device only every `schedule.log_every` steps: the loss parts of each good
+step are summed on the device (`LossWindow`), and a record of RUN/metrics.jsonl holds their
+means over the good steps since the previous record (no loss parts at all where every step
+since then was skipped), with samples/s since the stage began and the skipped steps so far.
+A stage's last step always closes a record, so a window never spans two stages.
+
 Resuming restores model, optimisers, RNG states and the data position (epoch and items
 consumed), and items are a pure function of (seed, epoch, index), so on CPU a resumed run's
 losses equal an uninterrupted run's. Distributed runs (torchrun) average gradients with an
@@ -75,6 +81,30 @@ class RunOptions:
     evaluate: bool = True  # fastdavs-eval on held-out identities at the end (RUN/eval.json)
 
 
+class LossWindow:
+    """Sums of the loss parts of the good steps since the last record, kept on the device:
+    `add` queues one addition per part and never waits for the device; `take` reads every
+    mean with one transfer and starts a new window."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # name -> 0-d sum on the device
+        self.steps = 0
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in parts.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def take(self) -> dict[str, float]:
+        """{name: mean over the window's steps} ({} for an empty window), then empty it."""
+        means = {}
+        if self.steps:
+            values = torch.stack(list(self.sums.values())) / self.steps  # [parts]
+            means = dict(zip(self.sums, values.tolist(), strict=True))
+        self.sums, self.steps = {}, 0
+        return means
+
+
 @dataclass
 class _Position:
     """Where training is: what a checkpoint's trainer state holds."""
@@ -122,7 +152,7 @@ class Trainer:
         self.pos = _Position()
         self.step = TrainStep(self.model, cfg, self.device, opts.amp, self.world)
         self.metrics_path = opts.out / "metrics.jsonl"
-        self._last_parts: dict[str, float] = {}
+        self._window = LossWindow()  # the loss parts since the last record (rank 0)
         self._samples: tuple[ShardSet, dict] | None = None
 
     # ---- setup -----------------------------------------------------------------------------
@@ -258,7 +288,8 @@ class Trainer:
                         raise TrainingError(self._bad_message(stage, in_a_row))
                 else:
                     in_a_row = 0
-                    self._last_parts = parts
+                    if self.rank == 0:
+                        self._window.add(parts)
                 if self.pos.step % sched.log_every == 0 or self.pos.step == total:
                     rate = seen / (time.perf_counter() - t0)
                     self._log(stage, rate, bar)
@@ -314,7 +345,7 @@ class Trainer:
     def _log(self, stage: str, rate: float, bar: tqdm) -> None:
         if self.rank != 0:
             return
-        parts = self._last_parts
+        parts = self._window.take()
         record = {
             "stage": stage,
             "step": self.pos.step,

@@ -455,15 +455,16 @@ def contrastive_backward(
 
 
 class ContrastiveLossFunction(torch.autograd.Function):
-    """Autograd wrapper of the launchers: the loss in the inputs' dtype, gradients recomputed
-    tile by tile (no [B, B] state is saved)."""
+    """Autograd wrapper of the launchers: the loss in float32 (as the reference returns it for
+    every input dtype the kernel takes), gradients recomputed tile by tile (no [B, B] state is
+    saved)."""
 
     @staticmethod
     def forward(ctx, audio, video, margin, blocks):
         loss, stats = contrastive_forward(audio, video, margin, blocks)
         ctx.save_for_backward(audio, video, stats)
         ctx.margin, ctx.blocks = margin, blocks
-        return loss.to(audio.dtype)
+        return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -504,8 +505,10 @@ def contrastive_loss(
             ``"triton"`` or ``"ref"``.
         blocks: Triton tile sizes (default `ContrastiveBlocks()`).
 
-    Returns: 0-d tensor in the inputs' dtype, differentiable with respect to both inputs (the
-    Triton path computes a gradient only for inputs that require one; no double backward).
+    Returns: 0-d tensor in at least float32 (float32 for 16-bit inputs, as the reference), so
+    that a weighted and gradient-scaled loss cannot overflow; differentiable with respect to
+    both inputs (the Triton path computes a gradient only for inputs that require one; no
+    double backward).
 
     Raises:
         KernelError (a ValueError): ``"triton"`` unavailable, or inputs it cannot take.

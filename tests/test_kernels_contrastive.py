@@ -71,6 +71,8 @@ def test_matches_reference(shape, dtype):
     audio, video = pair(shape, dtype)
     want = loss_and_grads(contrastive_loss_ref, audio, video)
     got = loss_and_grads(contrastive_loss, audio, video, backend="triton", blocks=SMALL)
+    # The loss is float32 for every input dtype, as the reference's (gradients keep theirs).
+    assert got[0].dtype == want[0].dtype == torch.float32
     for name, g, w in zip(("loss", "d audio", "d video"), got, want, strict=True):
         assert_close_rel(g, w, TOL[dtype], f"{name} {dtype}")
     if shape[0] > 1:  # the cases exercise the hinge: some negatives inside the margin

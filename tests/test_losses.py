@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from fastdavs.config import DavsConfig
 from fastdavs.losses import (
     contrastive_loss,
+    cross_entropy,
     gan_loss,
     identity_scatter_loss,
     modality_discriminator_loss,
@@ -290,6 +291,11 @@ def _cases():
     def gan(x):
         return gan_loss(x, True, soft=0.1, generator=torch.Generator().manual_seed(1))
 
+    labels = torch.tensor([3, 0, 9, 9])
+
+    def ce(x):
+        return cross_entropy(x, labels)
+
     return [
         ("contrastive", contrastive_loss, (torch.randn(3, 8), torch.randn(3, 8))),
         ("contrastive_btd", contrastive_loss, (torch.randn(3, 2, 4), torch.randn(3, 2, 4))),
@@ -314,20 +320,24 @@ def _cases():
             (torch.rand(2, 3, 3, 8, 8), torch.rand(2, 3, 8, 8)),
         ),
         ("gan_soft", gan, (torch.randn(2, 1, 4, 4),)),
+        ("cross_entropy", ce, (torch.randn(4, 10) * 3,)),
     ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, F64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, F64], ids=str)
 @pytest.mark.parametrize("name", [c[0] for c in _cases()])
-def test_dtype_preserved_and_scalar(name, dtype):
+def test_result_is_at_least_float32_and_scalar(name, dtype):
+    """16-bit inputs give a float32 loss (a 16-bit one would overflow once the training step
+    weights it by 1e6 and a gradient scaler by 65536) computed as float32 inputs would be."""
     fn, inputs = next((f, x) for n, f, x in _cases() if n == name)
     inputs = [x.to(dtype) for x in inputs]
     out = fn(*inputs)
-    assert out.dtype == dtype and out.dim() == 0 and torch.isfinite(out)
-    # The same (rounded) inputs in float64: only the loss's own arithmetic may differ, and in
-    # bfloat16 that is one final rounding (<= 2^-8 relative) as the sums run in float32.
+    wide = F64 if dtype == F64 else torch.float32
+    assert out.dtype == wide and out.dim() == 0 and torch.isfinite(out)
+    # The same (rounded) inputs in float64: only the loss's own float32 (or float64)
+    # arithmetic may differ, whatever the input dtype.
     ref = fn(*[x.to(F64) for x in inputs])
-    rtol = {torch.float32: 1e-5, torch.bfloat16: 4e-3, F64: 1e-12}[dtype]
+    rtol = {torch.float32: 1e-5, F64: 1e-12}[wide]
     torch.testing.assert_close(out.to(F64), ref, rtol=rtol, atol=0.0)
 
 
@@ -336,11 +346,11 @@ def test_identity_scatter_hand_values():
     # one dimension, identities {0, 2} and {10, 12}: mean 6, total scatter 36+16+16+36 = 104,
     # identity sums of centred values -10 and +10: between = 100/2 + 100/2 = 100
     x = torch.tensor([[0.0], [2.0], [10.0], [12.0]], dtype=F64)
-    out = identity_scatter_loss(x, torch.tensor([0, 0, 1, 1]))
+    out = identity_scatter_loss(x, torch.tensor([0, 0, 1, 1]), 2)
     assert math.isclose(out.item(), 100 / 104, rel_tol=1e-12)
     # a second dimension whose identity means agree halves the mean over dimensions
     x2 = torch.cat((x, torch.tensor([[0.0], [4.0], [1.0], [3.0]], dtype=F64)), 1)
-    out2 = identity_scatter_loss(x2, torch.tensor([0, 0, 1, 1]))
+    out2 = identity_scatter_loss(x2, torch.tensor([0, 0, 1, 1]), 2)
     assert math.isclose(out2.item(), (100 / 104 + 0.0) / 2, rel_tol=1e-12)
 
 
@@ -349,12 +359,12 @@ def test_identity_scatter_ignores_unknown_and_single_clips_and_scale():
     x = torch.randn(8, 5, generator=g, dtype=F64)
     labels = torch.tensor([0, 0, 1, 1, 1, 2, -1, -1])  # identity 2 once, two unknown clips
     keep = slice(0, 5)
-    ref = identity_scatter_loss(x[keep], labels[keep])
-    torch.testing.assert_close(identity_scatter_loss(x, labels), ref)
+    ref = identity_scatter_loss(x[keep], labels[keep], 3)
+    torch.testing.assert_close(identity_scatter_loss(x, labels, 3), ref)
     scale = torch.tensor([1e-3, 1.0, 7.0, 1e3, 2.0], dtype=F64)  # per-dimension units
-    torch.testing.assert_close(identity_scatter_loss(x * scale + 4, labels), ref)
+    torch.testing.assert_close(identity_scatter_loss(x * scale + 4, labels, 3), ref)
     for few in (torch.arange(8), torch.full((8,), -1), torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])):
-        out = identity_scatter_loss(x.requires_grad_(), few)  # fewer than 2 repeated identities
+        out = identity_scatter_loss(x.requires_grad_(), few, 8)  # fewer than 2 repeated identities
         assert out.item() == 0.0
         out.backward()
         assert torch.equal(x.grad, torch.zeros_like(x))
@@ -365,9 +375,9 @@ def test_identity_scatter_chance_level_and_dtype():
     # features that carry no identity: mean (P - 1) / (N - 1) over draws (4 identities x 4 clips)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat_interleave(4)
-    draws = [identity_scatter_loss(torch.randn(16, 6, generator=g), labels) for _ in range(500)]
+    draws = [identity_scatter_loss(torch.randn(16, 6, generator=g), labels, 4) for _ in range(500)]
     assert abs(torch.stack(draws).mean().item() - 3 / 15) < 0.01
-    out = identity_scatter_loss(torch.randn(16, 6, generator=g).bfloat16(), labels)
+    out = identity_scatter_loss(torch.randn(16, 6, generator=g).bfloat16(), labels, 4)
     assert out.dtype == torch.float32 and out.dim() == 0
 
 
@@ -375,20 +385,20 @@ def test_identity_scatter_gradcheck_and_descent():
     g = torch.Generator().manual_seed(1)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
     x = torch.randn(8, 3, generator=g, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: identity_scatter_loss(t, labels), (x,))
+    assert torch.autograd.gradcheck(lambda t: identity_scatter_loss(t, labels, 3), (x,))
     # features made of identity offsets + noise: gradient steps take the identity out
     offsets = torch.randn(3, 3, generator=g, dtype=F64)[labels] * 3
     y = (offsets + 0.3 * torch.randn(8, 3, generator=g, dtype=F64)).requires_grad_()
-    start = identity_scatter_loss(y, labels).item()
+    start = identity_scatter_loss(y, labels, 3).item()
     for _ in range(50):
-        loss = identity_scatter_loss(y, labels)
+        loss = identity_scatter_loss(y, labels, 3)
         (grad,) = torch.autograd.grad(loss, y)
         y = (y - 2.0 * grad).detach().requires_grad_()
-    assert start > 0.8 and identity_scatter_loss(y, labels).item() < 0.3
+    assert start > 0.8 and identity_scatter_loss(y, labels, 3).item() < 0.3
 
 
 def test_identity_scatter_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must be"):
-        identity_scatter_loss(torch.zeros(4, 2, 3), torch.zeros(4, dtype=torch.long))
+        identity_scatter_loss(torch.zeros(4, 2, 3), torch.zeros(4, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="must be"):
-        identity_scatter_loss(torch.zeros(4, 2), torch.zeros(3, dtype=torch.long))
+        identity_scatter_loss(torch.zeros(4, 2), torch.zeros(3, dtype=torch.long), 2)

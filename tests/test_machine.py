@@ -78,7 +78,7 @@ def test_amp_step_follows_the_cpu_kind(monkeypatch, native):
         assert step.autocast_dtype() == (torch.bfloat16 if amp and native else torch.float32)
         step.make_optimizers("wid")
         torch.manual_seed(1)
-        losses[amp] = step("wid", batch)
+        losses[amp] = {k: v.item() for k, v in step("wid", batch).items()}
     assert losses[True].keys() == losses[False].keys()
     for key, value in losses[False].items():
         if native:

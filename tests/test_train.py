@@ -171,6 +171,39 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkey
     assert trainer.pos.bad_steps == 3
 
 
+def test_metrics_records_are_means_over_the_logged_window(shards, tmp_path, monkeypatch):
+    """With log_every 2 a record holds each loss part's mean over the good steps since the
+    previous record: skipped steps are left out of it, and a window of skipped steps alone has
+    no loss parts. Steps 3 and 5 are reported skipped here."""
+    returned: list[dict[str, float] | None] = []
+    real = TrainStep.__call__
+
+    def skipping(self, stage, batch):
+        parts = real(self, stage, batch)
+        if len(returned) + 1 in (3, 5):
+            parts = None
+        returned.append(None if parts is None else {k: v.item() for k, v in parts.items()})
+        return parts
+
+    monkeypatch.setattr(TrainStep, "__call__", skipping)
+    schedule = dataclasses.replace(
+        DavsConfig.from_preset("tiny").schedule, wid_steps=5, log_every=2
+    )
+    cfg = DavsConfig.from_preset("tiny", schedule=schedule)
+    run = tmp_path / "run"
+    Trainer(cfg, RunOptions(data=shards, out=run, stages=("wid",), workers=0)).run()
+    records = _records(run)
+    assert [(r["step"], r["bad_steps"]) for r in records] == [(2, 0), (4, 1), (5, 2)]
+    names = {"ce_audio", "ce_video", "contrastive", "modality_d", "modality_flip"}
+    assert set(returned[0]) == names
+    for record, window in zip(records, ([0, 1], [3], []), strict=True):
+        assert set(record) & names == (names if window else set())
+        for name in names & set(record):
+            mean = sum(returned[i][name] for i in window) / len(window)
+            assert record[name] == pytest.approx(mean, rel=1e-5, abs=1e-6), (record, name)
+    assert returned[0]["ce_audio"] != returned[1]["ce_audio"]  # a mean, not one of the two
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
 def test_two_process_data_parallel(shards, tmp_path):
     run = tmp_path / "ddp"
