@@ -264,12 +264,10 @@ def _identity_runs(
     runs: dict[int, list[int]] = {}
     for i in order.tolist():
         runs.setdefault(int(identities[i]), []).append(i)
-    chunks = [
-        items[k : k + size]
-        for person, items in runs.items()
-        for size in [group if person >= 0 else 1]
-        for k in range(0, len(items), size)
-    ]
+    chunks = []
+    for person, items in runs.items():
+        size = group if person >= 0 else 1  # clips of unknown identity stay single
+        chunks += [items[k : k + size] for k in range(0, len(items), size)]
     return np.array([i for c in rng.permutation(len(chunks)) for i in chunks[c]], dtype=np.int64)
 
 
