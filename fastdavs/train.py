@@ -2,8 +2,9 @@
 
 With no --data, the embedded SynthLRW set is generated once into the cache
 (`$FASTDAVS_CACHE`, default ~/.cache/fastdavs) and prepared for the preset, then trained on.
-Under torchrun each process trains on its share of every batch (gloo on CPU, nccl on CUDA);
-rank 0 prepares the data, logs and saves.
+Under torchrun each process trains on its share of every batch (gloo on CPU, nccl on CUDA with
+one GPU per process, cuda:LOCAL_RANK), through DistributedDataParallel; rank 0 prepares the
+data, logs and saves.
 """
 
 from __future__ import annotations
@@ -92,9 +93,15 @@ def fit_to_data(cfg: DavsConfig, data: Path) -> DavsConfig:
 
 
 def _distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl with one GPU per
+    process (cuda:LOCAL_RANK, made the current device before any CUDA work), gloo on CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
     return True
 
 

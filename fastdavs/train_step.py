@@ -1,9 +1,10 @@
 """One training step as the trainer runs it, and the CPU settings that make it fast.
 
 `TrainStep` owns a stage's Adam optimisers, mixed precision (autocast, and a gradient scaler
-with float16: the default on CUDA) and the data-parallel gradient all-reduce; a call runs
-`fastdavs.steps` forward, the D side (backward, step) and the G side, skipping a side whose loss
-or gradients are not finite, then updates the scaler's scale once. It waits for the device once
+with float16: the default on CUDA) and data parallelism (`DistributedDataParallel`, one wrapper
+per optimiser side); a call runs `fastdavs.steps` forward, the D side (backward, step) and the G
+side, skipping a side whose loss or gradients are not finite, then updates the scaler's scale
+once. It waits for the device once
 per side (that finite check) and hands the loss parts back as device tensors, so that the
 trainer reads them only when it logs. The trainer adds data, logging and checkpoints around
 it; `bench/train_step.py` times it bare.
@@ -25,6 +26,8 @@ import math
 import nvtx
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
 from fastdavs import steps
@@ -68,6 +71,21 @@ def retain_heap() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+class _Side(nn.Module):
+    """The modules one optimiser side of a stage trains, as one module for
+    `DistributedDataParallel`. The step's code calls the model's own methods (`encode_video`,
+    `generate`, ...), so the forward is a closure: running it through the wrapper is what arms
+    the wrapper's gradient hooks for the backward that follows. The modules are the model's
+    own (shared, not copied)."""
+
+    def __init__(self, model: DavsModel, names: tuple[str, ...]):
+        super().__init__()
+        self.trained = nn.ModuleDict({name: getattr(model, name) for name in names})
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
 class TrainStep:
     """The optimisers, precision and gradient exchange of one stage's D + G steps.
 
@@ -77,7 +95,19 @@ class TrainStep:
         device: where the model lives.
         amp: mixed precision: autocast to `amp_dtype`, with a gradient scaler exactly when that
             is float16.
-        world: data-parallel processes (gradients are averaged with an all-reduce when > 1).
+        world: data-parallel processes. With more than one (`torch.distributed` initialised:
+            gloo on CPU, nccl on CUDA), each side's modules are wrapped in
+            `DistributedDataParallel`, which averages their gradients in buckets, overlapped
+            with the backward. Each wrapper's forward returns its side's loss, so that the
+            wrapper finds, from the loss, the parameters that get no gradient in a stage (with
+            the mouth editor, `gen` reads only the identity encoder's first stage): the G
+            side's forward runs the shared forward, the whole D step, then the G loss through
+            the updated discriminators. (A forward returning the shared activations, with the
+            G loss composed outside it, needs `static_graph`, whose first iteration counts
+            parameters reached only by activations the loss leaves unused, such as the pid
+            vector, as used: no later G gradient is then ever averaged.)
+            BatchNorm statistics are each process's own batch (no SyncBatchNorm, as the
+            original's DataParallel); buffers follow rank 0 at every forward.
         amp_dtype: what `amp` computes in; None picks by device: float16 on CUDA, bfloat16 on a
             CPU with native bf16, float32 (no autocast) otherwise. Tests pass float16 to run
             the CUDA recipe (float16 autocast and `torch.amp.GradScaler`) on a CPU.
@@ -96,6 +126,7 @@ class TrainStep:
             raise ValueError(f"TrainStep: amp_dtype={amp_dtype} needs amp=True")
         self.model, self.cfg, self.device, self.world = model, cfg, device, world
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.wrappers: dict[str, DistributedDataParallel] = {}  # per side, when world > 1
         self.base_lrs: dict[str, list[float]] = {}  # each side's group lrs before `set_lr_scale`
         self.dtype = (amp_dtype or self._default_amp_dtype()) if amp else torch.float32
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -118,7 +149,7 @@ class TrainStep:
         With adversary_lr_scale != 1 the disentangling adversaries form a parameter group of
         their own at the scaled lr (otherwise one group, as checkpoints of earlier runs hold)."""
         o = self.cfg.optim
-        self.optimizers = {}
+        self.optimizers, self.wrappers = {}, {}
         split = o.adversary_lr_scale != 1.0
         for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
             groups = []
@@ -132,6 +163,12 @@ class TrainStep:
             if groups:
                 self.optimizers[side] = torch.optim.Adam(groups, betas=(o.beta1, o.beta2))
                 self.base_lrs[side] = [g["lr"] for g in groups]
+                if self.world > 1:
+                    self.wrappers[side] = DistributedDataParallel(
+                        _Side(self.model, names),
+                        device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        find_unused_parameters=True,
+                    )
 
     def set_lr_scale(self, scale: float) -> None:
         """Set every group's lr to `scale` times the one `make_optimizers` gave it (a resumed
@@ -157,31 +194,45 @@ class TrainStep:
         gradient scaler, its scale is updated once, after both sides.
         """
         parts: dict[str, torch.Tensor] = {}
-        if stage in steps.ONE_SIDED:
+        d_ok = True
+
+        def g_side(model: DavsModel, batch: dict) -> tuple[torch.Tensor, dict]:
+            """The G loss, after the D step for two-sided stages (its backward and optimizer
+            step included: the G loss is read through the updated discriminators)."""
+            nonlocal d_ok
+            if stage in steps.ONE_SIDED:
+                with nvtx.annotate("forward", color="green"), self.autocast():
+                    return steps.ONE_SIDED[stage](model, batch)
             with nvtx.annotate("forward", color="green"), self.autocast():
-                loss, p = steps.ONE_SIDED[stage](self.model, batch)
-            ok = self._apply("g", loss, p, parts)
-        else:
+                fwd = steps.forward(model, batch, stage)
+                d_loss, p = self._run("d", steps.discriminator_loss, model, fwd, batch)
+            d_ok = self._apply("d", d_loss, p, parts)
             with nvtx.annotate("forward", color="green"), self.autocast():
-                fwd = steps.forward(self.model, batch, stage)
-                d_loss, p = steps.discriminator_loss(self.model, fwd, batch)
-            ok = self._apply("d", d_loss, p, parts)
-            with nvtx.annotate("forward", color="green"), self.autocast():
-                g_loss, p = steps.generator_loss(self.model, fwd, batch, stage)
-            ok = self._apply("g", g_loss, p, parts) and ok
+                return steps.generator_loss(model, fwd, batch, stage)
+
+        g_loss, p = self._run("g", g_side, self.model, batch)
+        ok = self._apply("g", g_loss, p, parts) and d_ok
         if self.scaler.is_enabled() and any(
             self.scaler._found_inf_per_device(o) for o in self.optimizers.values()
         ):  # GradScaler.update raises unless an unscale_ recorded an inf check this iteration
             self.scaler.update()
         return parts if ok else None
 
+    def _run(self, side: str, fn, *args):
+        """fn(*args), through `side`'s DistributedDataParallel wrapper when there is one (its
+        gradients are then averaged over the processes in the backward that follows)."""
+        wrapper = self.wrappers.get(side)
+        return wrapper(fn, *args) if wrapper is not None else fn(*args)
+
     def _apply(self, side: str, loss: torch.Tensor, p: dict, parts: dict) -> bool:
         """Backward and optimizer step for one side, unless the loss or a gradient is not finite.
 
-        Backward runs whatever the loss (every rank of a data-parallel run then takes part in
-        the gradient all-reduce); the loss and every gradient are then checked together and
-        read with one device sync: GradScaler's own inf check where a scaler unscales,
-        otherwise the largest |gradient| of all of them.
+        Backward runs whatever the loss, so every process of a data-parallel run takes part in
+        the same gradient all-reduces; the loss and every gradient are then checked together
+        and read with one device sync: GradScaler's own inf check where a scaler unscales,
+        otherwise the largest |gradient| of all of them. With several processes the verdict is
+        all-reduced first (a minimum), so that all skip or all step even where a loss that is not
+        finite on one process alone leaves no trace in the averaged gradients.
         """
         opt = self.optimizers[side]
         opt.zero_grad(set_to_none=True)
@@ -189,12 +240,6 @@ class TrainStep:
         with nvtx.annotate("backward", color="red"):
             self.scaler.scale(loss).backward()
         params = [q for g in opt.param_groups for q in g["params"] if q.grad is not None]
-        if self.world > 1:  # one all-reduce of every gradient, not one per parameter
-            flat = torch.cat([q.grad.reshape(-1) for q in params])
-            dist.all_reduce(flat)
-            flat.div_(self.world)
-            for q, g in zip(params, flat.split([q.numel() for q in params]), strict=True):
-                q.grad.copy_(g.view_as(q.grad))
         finite = torch.isfinite(loss.detach())  # [] bool
         if self.scaler.is_enabled():
             self.scaler.unscale_(opt)

@@ -4,7 +4,7 @@ resume, a non-finite guard, mixed precision, NVTX ranges and multi-process data 
     shards ──DavsDataset/make_loader──► batch ──steps.forward──► D step ──► G step ──► log
                                                                    └── every N: checkpoint
 
-One step (optimisers, precision, gradient all-reduce) is `fastdavs.train_step.TrainStep`.
+One step (optimisers, precision, data parallelism) is `fastdavs.train_step.TrainStep`.
 Each stage has its own Adam optimisers (lr and betas from `cfg.optim`; with `lr_decay`, the `gen`
 lr falls over its scheduled steps, whatever `--steps` bounds the run to): `pid` trains the
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
@@ -23,8 +23,8 @@ A stage's last step always closes a record, so a window never spans two stages.
 
 Resuming restores model, optimisers, RNG states and the data position (epoch and items
 consumed), and items are a pure function of (seed, epoch, index), so on CPU a resumed run's
-losses equal an uninterrupted run's. Distributed runs (torchrun) average gradients with an
-all-reduce after each backward; rank 0 alone logs and saves.
+losses equal an uninterrupted run's. Distributed runs (torchrun) wrap each stage's trained
+modules in DistributedDataParallel (`TrainStep`); rank 0 alone logs and saves.
 """
 
 from __future__ import annotations
