@@ -4,8 +4,10 @@
     wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip
                                    (+ identity scatter, when weighted);
                                    D side: the modality discriminator
-    render  the generator alone:   reconstruction (audio- and video-driven) + smoothness, on
-                                   frozen encoders (not in the original; 0 steps in `paper`)
+    render  the generator:         reconstruction (half the clips audio-, half video-driven) +
+                                   smoothness + audio word CE; the audio encoder trains with
+                                   it, the other encoders and the word classifier are frozen
+                                   (not in the original; 0 steps in `paper`)
     gen     joint generation:      everything of spec/davs.md §2.8 (G) and its D side
 
 `pid` and `render` have no D side: one loss (`ONE_SIDED`), one optimiser step. `wid` and `gen`
@@ -119,29 +121,38 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 def render_loss(model: DavsModel, batch: dict) -> tuple[torch.Tensor, Parts]:
-    """The generator alone, on the word-ID features the wid stage learnt: audio- and
-    video-driven generation of the same run of G frames as `gen`, scored by the reconstruction
-    loss (full frame + mouth box) and the smoothness loss, with no adversary. The identity,
-    audio and video encoders are frozen (`frozen`), so a step costs their forward passes over
-    G frames per clip and the generator's forward and backward."""
+    """The generator on the word space the wid stage learnt, with the audio encoder adapting
+    to it. The first half of the batch (rounded up) is driven by its audio, the rest by its
+    video, over the same run of G frames as `gen`, so that the generator learns both drives at
+    the cost of one. Scored by the reconstruction loss (full frame + mouth box) of each half,
+    the smoothness loss of the audio-driven half and the audio word cross-entropy through the
+    word classifier. The identity and video encoders and the word classifier are frozen
+    (`frozen`): the audio encoder may move only within what the classifier still reads as the
+    right word, so its features keep their words while learning what the generator needs of
+    them (the mouth). A step costs the frozen encoders' forward passes (the video encoder's
+    over half the clips' G frames), the audio encoder over every window and the generator's
+    forward and backward over B x G frames."""
     cfg, w = model.cfg, model.cfg.loss
     g, start = cfg.gan_frames, batch["gen_start"]
     real = take_run(batch["frames"], start, g)  # [B, G, 3, S, S]
-    with frozen(model.identity_encoder, model.audio_encoder, model.video_encoder):
-        wid_a = model.encode_audio(take_run(batch["mfcc"], start, g))  # [B, G, D]
-        wid_v = model.encode_video(real)  # [B, G, D]
+    half = (real.shape[0] + 1) // 2  # audio-driven clips; the rest are video-driven
+    wid_a = model.encode_audio(batch["mfcc"])  # [B, L, D]
+    with frozen(model.identity_encoder, model.video_encoder, model.word_classifier):
+        ce = cross_entropy(model.word_classifier(wid_a), batch["word"])
+        wid_v = model.encode_video(real[half:])  # [B - half, G, D]
         ident = model.encode_identity(batch["identity"])  # the generator's own half trains
-    fake_a = model.generate(ident, wid_a)  # [B, G, 3, S, S]
-    fake_v = model.generate(ident, wid_v)
+    wid = torch.cat((take_run(wid_a, start, g)[:half], wid_v))  # [B, G, D]
+    fake = model.generate(ident, wid)  # [B, G, 3, S, S]
     box = cfg.mouth_box_px
     rec = (box, w.reconstruction, w.reconstruction_mouth)
-    return _sum(
-        [
-            (1.0, "rec_audio", reconstruction_loss(fake_a, real, *rec)),
-            (1.0, "rec_video", reconstruction_loss(fake_v, real, *rec)),
-            (w.smoothness, "smoothness", smoothness_loss(fake_a, batch["identity"], box)),
-        ]
-    )
+    terms = [
+        (1.0, "rec_audio", reconstruction_loss(fake[:half], real[:half], *rec)),
+        (w.smoothness, "smoothness", smoothness_loss(fake[:half], batch["identity"][:half], box)),
+        (w.word_ce, "ce_audio", ce),
+    ]
+    if half < real.shape[0]:  # a batch of one clip has no video-driven half
+        terms.append((1.0, "rec_video", reconstruction_loss(fake[half:], real[half:], *rec)))
+    return _sum(terms)
 
 
 ONE_SIDED = {"pid": pid_loss, "render": render_loss}  # stages without a discriminator side

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 STAGE_MODULES = {
     "pid": (("identity_encoder", "identity_classifier"), ()),
     "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
-    "render": (("generator",), ()),
+    "render": (("generator", "audio_encoder"), ()),
     "gen": (
         ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
         (

@@ -179,10 +179,11 @@ def test_adversaries_get_their_own_scaled_learning_rate():
 
 
 @pytest.mark.parametrize("generator", ["mouth_editor", "davs"])
-def test_render_stage_trains_the_generator_alone_on_frozen_encoders(generator):
+def test_render_stage_trains_the_generator_and_audio_encoder_on_frozen_others(generator):
     """One step of `render` through TrainStep (what the trainer runs) lowers its loss on a
-    fixed batch; only the generator changes: the encoders' weights and BatchNorm statistics
-    stay as they were, and their modes and requires_grad flags come back as they were."""
+    fixed batch; only the generator and the audio encoder change: the other encoders' and the
+    word classifier's weights and BatchNorm statistics stay as they were, and their modes and
+    requires_grad flags come back as they were."""
     torch.manual_seed(0)
     cfg = DavsConfig.from_preset("tiny", generator=generator)
     model = DavsModel(cfg).train()
@@ -190,19 +191,22 @@ def test_render_stage_trains_the_generator_alone_on_frozen_encoders(generator):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
     step.make_optimizers("render")
-    assert set(step.optimizers) == {"g"} and STAGE_MODULES["render"] == (("generator",), ())
+    assert set(step.optimizers) == {"g"}
+    assert STAGE_MODULES["render"] == (("generator", "audio_encoder"), ())
     parts = step("render", batch)
-    assert set(parts) == {"rec_audio", "rec_video", "smoothness"}
+    assert set(parts) == {"rec_audio", "rec_video", "smoothness", "ce_audio"}
     assert all(torch.isfinite(v) for v in parts.values())
     changed = {
         k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])
     }
-    assert changed == {"generator"}
+    assert changed == {"generator", "audio_encoder"}
     assert all(m.training for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         again, _ = steps.render_loss(model, batch)
-    loss = parts["rec_audio"] + parts["rec_video"] + cfg.loss.smoothness * parts["smoothness"]
+    w = cfg.loss
+    loss = parts["rec_audio"] + parts["rec_video"] + w.smoothness * parts["smoothness"]
+    loss = loss + w.word_ce * parts["ce_audio"]
     assert again.item() < loss.item(), (again.item(), loss.item())
 
 

@@ -44,8 +44,9 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     gen = [r for r in records if r["stage"] == "gen"]
     assert {"rec_audio", "gan", "pid_uniform", "wid_uniform", "d_patch"} <= set(gen[0])
     render = [r for r in records if r["stage"] == "render"]
-    assert {"rec_audio", "rec_video", "smoothness"} <= set(render[0])
-    assert not {"gan", "d_patch", "ce_audio"} & set(render[0])  # the generator alone
+    # The generator and the audio encoder alone: no adversary, no discriminator.
+    assert {"rec_audio", "rec_video", "smoothness", "ce_audio"} <= set(render[0])
+    assert not {"gan", "d_patch", "pid_uniform", "modality_d"} & set(render[0])
     assert all(r["bad_steps"] == 0 for r in records)
     samples = ("samples/render_000004.png", "samples/gen_000002.png", "samples/gen_000004.png")
     for png in ("losses.png", *samples):
