@@ -64,10 +64,14 @@ class AudioDriver:
         audio: float32 `(S,)` 16 kHz mono in [-1, 1], to mux with the video.
         n_frames: N = ceil(S / 640).
         path: the file.
+        device: where the MFCC windows are computed and returned: on CUDA by the fused Triton
+            kernel (`fastdavs.kernels.mfcc`), next to the model that reads them.
     """
 
-    def __init__(self, audio: np.ndarray, path: str | Path = "audio"):
-        self.path = Path(path)
+    def __init__(
+        self, audio: np.ndarray, path: str | Path = "audio", device: torch.device | str = "cpu"
+    ):
+        self.path, self.device = Path(path), torch.device(device)
         if len(audio) < WINDOW_SAMPLES:
             raise DataError(
                 f"{self.path}: the speech is {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; the "
@@ -89,15 +93,16 @@ class AudioDriver:
         self.audio = self._padded[LEAD_SAMPLES : LEAD_SAMPLES + len(audio)]  # a view: one copy
 
     @classmethod
-    def from_file(cls, path: str | Path) -> AudioDriver:
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> AudioDriver:
         """Any audio (or video) file PyAV decodes, any rate, mono or stereo.
 
         Raises:
             DataError: missing, unreadable, no audio track, or shorter than one window."""
-        return cls(read_audio(path, SAMPLE_RATE), path)
+        return cls(read_audio(path, SAMPLE_RATE), path, device)
 
     def windows(self, start: int, stop: int) -> torch.Tensor:
-        """MFCC windows of output frames start .. stop-1: float32 `(stop - start, 20, 12)`.
+        """MFCC windows of output frames start .. stop-1: float32 `(stop - start, 20, 12)` on
+        `device`.
 
         Computed from the audio those frames read only, so chunks cost the same wherever they
         are, and equal to the windows of the whole padded speech: `mfcc` starts its
@@ -109,6 +114,7 @@ class AudioDriver:
         lo, hi = start * SAMPLES_PER_FRAME, (stop - 1) * SAMPLES_PER_FRAME + WINDOW_SAMPLES
         early = HOP if lo >= HOP else 0
         x = torch.from_numpy(self._padded[lo - early : hi].astype(np.float32))  # [S']
+        x = x.to(self.device, non_blocking=True)
         coeffs = mfcc(x)[:, early // HOP :]  # [K, F]
         windows, _ = mfcc_windows(coeffs)  # [stop - start, 20, 12]
         assert len(windows) == stop - start, (len(windows), start, stop)

@@ -35,7 +35,7 @@ from fastdavs.data.video_io import Mp4Writer
 from fastdavs.driving import AudioDriver, VideoDriver, output_frames
 from fastdavs.errors import OptionError
 from fastdavs.face_input import Compositor, load_face
-from fastdavs.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer
+from fastdavs.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer, parse_device
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ def generate(o: GenerateOptions) -> GenerateResult:
     check_options(o)
     t0 = time.perf_counter()
     # The cheap checks of the user's files first, then the model.
-    audio = AudioDriver.from_file(o.audio) if o.audio is not None else None
+    # MFCC where the model runs (the Triton kernel on CUDA); engines take CPU inputs.
+    mfcc_device = parse_device(o.device) if o.engine is None else "cpu"
+    audio = AudioDriver.from_file(o.audio, mfcc_device) if o.audio is not None else None
     if o.engine is not None:
         synth = Synthesizer.from_engine(o.engine, o.checkpoint, batch_size=o.batch_size)
     else:

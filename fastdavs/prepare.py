@@ -14,7 +14,12 @@ leave no index and no shard holding only skips.
 SynthLRW clips carry a `.json` sidecar with landmarks, the identity and (format 2 on) the
 per-frame visemes, which become each shard's optional `viseme.npy` (the ground truth of the
 mouth); other trees (real LRW) are aligned on the face tracked by dlib's detector and 68-point
-landmarks (`fastdavs.data.face_detect`) and have no identity labels (-1) and no visemes.
+landmarks (`fastdavs.data.face_detect`) and have no visemes, and no identity labels (-1) unless
+`--identities CSV` names the person of each clip (`read_identity_csv`): real LRW has none, and
+without them `fastdavs-train` turns off identity pretraining and the word-ID -> person adversary.
+A CSV's labels override a sidecar's. OUT records where its labels came from
+(`identity_source.json`, written before the first shard), so a rerun with other labels is refused
+instead of mixing two labellings.
 
 Frames where no face is found are aligned by interpolating the track of their neighbours. A clip
 with a face in fewer than `--min-face-share` of its frames (default 0.8: at most 5 of LRW's 29
@@ -26,6 +31,7 @@ The run ends with the share of frames with a face over the clips it kept.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -48,11 +54,15 @@ CLIP_CAPACITY = 64  # clips per shard (about 20 MB at 64 px, 320 MB at 256 px)
 MIN_FACE_SHARE = 0.8  # a clip with a face in fewer of its frames is skipped (module doc)
 
 
+IDENTITY_SOURCE = "identity_source.json"  # in OUT: where the shards' identity labels came from
+
+
 @dataclass(frozen=True)
 class Source:
     path: Path  # the mp4
     clip_id: str  # path relative to SRC, for reports
     word: int  # index into the vocabulary
+    identity: int | None = None  # index into the identities from --identities; None: sidecar's
 
 
 def discover(src: Path) -> tuple[list[str], dict[str, list[Source]]]:
@@ -85,6 +95,100 @@ def identities_of(src: Path) -> list[str]:
     return [f"synthlrw-{i['id']:03d}" for i in load_manifest(src)["identities"]]
 
 
+class IdentityLabels(NamedTuple):
+    names: list[str]  # the persons, sorted (label = position)
+    of_clip: dict[str, int]  # clip key (path relative to SRC, or file stem) -> label
+
+
+def read_identity_csv(path: Path) -> IdentityLabels:
+    """The person of each clip from a CSV with a header row `clip,person`: `clip` is the mp4's
+    path relative to SRC (`ABOUT/train/ABOUT_00001.mp4`) or its file stem (`ABOUT_00001`),
+    `person` any name (the same name is the same identity). Raises DataError naming the file
+    and line of anything else."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the identity CSV ({e})") from None
+    if not rows or [c.strip().lower() for c in rows[0]] != ["clip", "person"]:
+        raise DataError(
+            f"{path}: an identity CSV starts with the header row 'clip,person' (one row per "
+            "clip: its path relative to SRC or its file stem, and the person's name)"
+        )
+    persons: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}:{line}: expected 'clip,person', got {','.join(row)!r}")
+        clip, person = row[0].strip(), row[1].strip()
+        if persons.setdefault(clip, person) != person:
+            raise DataError(
+                f"{path}:{line}: clip {clip!r} is given two persons, "
+                f"{persons[clip]!r} and {person!r}"
+            )
+    if not persons:
+        raise DataError(f"{path}: the identity CSV lists no clip")
+    names = sorted(set(persons.values()))
+    label = {name: i for i, name in enumerate(names)}
+    return IdentityLabels(names, {clip: label[p] for clip, p in persons.items()})
+
+
+def label_sources(
+    splits: dict[str, list[Source]], labels: IdentityLabels, csv_path: Path
+) -> tuple[dict[str, list[Source]], int]:
+    """The sources with their CSV identity (by relative path, else by file stem; -1 where the
+    CSV does not name the clip), and how many clips it does not name. Raises DataError if the
+    CSV names none of them, or names a stem that two clips share."""
+    stems: dict[str, list[str]] = {}
+    for sources in splits.values():
+        for src in sources:
+            stems.setdefault(src.path.stem, []).append(src.clip_id)
+    for key in labels.of_clip:
+        if len(stems.get(key, [])) > 1:
+            raise DataError(
+                f"{csv_path}: {key!r} is the stem of {len(stems[key])} clips "
+                f"({', '.join(stems[key][:2])}...); name them by their path relative to SRC"
+            )
+    out: dict[str, list[Source]] = {}
+    unnamed = 0
+    for split, sources in splits.items():
+        out[split] = []
+        for src in sources:
+            label = labels.of_clip.get(src.clip_id, labels.of_clip.get(src.path.stem, -1))
+            unnamed += label < 0
+            out[split].append(dataclasses.replace(src, identity=label))
+    if unnamed == sum(len(s) for s in splits.values()):
+        raise DataError(
+            f"{csv_path}: names none of the clips under SRC (first CSV entry: "
+            f"{next(iter(labels.of_clip))!r}; expected e.g. {next(iter(stems))!r} or its path "
+            "relative to SRC)"
+        )
+    return out, unnamed
+
+
+def _claim_identity_source(out: Path, source: dict) -> None:
+    """Record in OUT where its identity labels come from, or refuse an OUT whose shards were
+    labelled from another source (a rerun keeps complete shards as they are)."""
+    from fastdavs.atomic import write_json
+
+    path = out / IDENTITY_SOURCE
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable ({e}); prepare into a new OUT") from None
+        if earlier != source:
+            raise DataError(
+                f"{out}: its shards were labelled from {earlier}, this run from {source}; "
+                "prepare into a new OUT (complete shards are kept as they are on a rerun)"
+            )
+        return
+    write_json(path, source)
+
+
 class PreparedClip(NamedTuple):
     frames: np.ndarray  # uint8 [25, A, A, 3] aligned frames 2..26
     mfcc: np.ndarray  # float32 [25, 20, 12] the window of each stored frame
@@ -94,11 +198,12 @@ class PreparedClip(NamedTuple):
 
 
 def prepare_clip(
-    path: Path, image_size: int, min_face_share: float = MIN_FACE_SHARE
+    path: Path, image_size: int, min_face_share: float = MIN_FACE_SHARE, device: str = "cpu"
 ) -> PreparedClip:
     """One clip -> its aligned frames, MFCC windows, identity label and (SynthLRW sidecars of
     format 2 on) visemes. Raises DataError for a clip that cannot be used (among them, one with
-    a face in fewer than `min_face_share` of its frames)."""
+    a face in fewer than `min_face_share` of its frames). `device`: where the MFCC is computed
+    (on CUDA by the fused Triton kernel, `fastdavs.kernels.mfcc`)."""
     import torch
 
     from fastdavs.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
@@ -144,9 +249,11 @@ def prepare_clip(
     steps = STEPS_PER_FRAME * (last - 1) + 12  # the window of frame l ends at MFCC step 4l + 12
     need = WIN + HOP * (steps - 1)
     audio = np.pad(clip.audio, (0, max(0, need - len(clip.audio))))
-    windows, first = mfcc_windows(mfcc(torch.from_numpy(audio)))  # [W, 20, 12], frames 2..
+    coeffs = mfcc(torch.from_numpy(audio).to(device))  # [12, F]
+    windows, first = mfcc_windows(coeffs)  # [W, 20, 12], frames 2..
     assert first == FIRST_FRAME
-    return PreparedClip(aligned, windows[:FRAMES_PER_CLIP].numpy(), identity, visemes, share)
+    windows = windows[:FRAMES_PER_CLIP].cpu().numpy()
+    return PreparedClip(aligned, windows, identity, visemes, share)
 
 
 @dataclass(frozen=True)
@@ -156,24 +263,25 @@ class _Chunk:
     sources: tuple[Source, ...]
 
 
-def _prepare_chunk(args: tuple[_Chunk, Path, int, float]) -> tuple[int, int]:
+def _prepare_chunk(args: tuple[_Chunk, Path, int, float, str]) -> tuple[int, int]:
     """Write one shard from one chunk of clips; returns (clips added, clips skipped)."""
     from fastdavs.data.align import aligned_size
     from fastdavs.data.shards import ShardWriter
 
-    chunk, out, image_size, min_face_share = args
+    chunk, out, image_size, min_face_share, device = args
     added = skipped = 0
     writer = ShardWriter(out / chunk.split, aligned_size(image_size), CLIP_CAPACITY, chunk.shard)
     with writer:
         for src in chunk.sources:
             try:
-                clip = prepare_clip(src.path, image_size, min_face_share)
+                clip = prepare_clip(src.path, image_size, min_face_share, device)
             except DataError as e:
                 writer.skip(src.clip_id, str(e))
                 skipped += 1
                 continue
+            identity = clip.identity if src.identity is None else src.identity
             writer.add(
-                clip.frames, clip.mfcc, src.word, clip.identity, src.clip_id, clip.visemes,
+                clip.frames, clip.mfcc, src.word, identity, src.clip_id, clip.visemes,
                 clip.face_share,
             )  # fmt: skip
             added += 1
@@ -194,17 +302,45 @@ def prepare(
     image_size: int,
     workers: int | None = None,
     min_face_share: float = MIN_FACE_SHARE,
+    identity_csv: str | Path | None = None,
+    device: str = "cpu",
 ):
-    """Prepare every split of `src` into `out` (resumable) and return the written ShardIndex."""
+    """Prepare every split of `src` into `out` (resumable) and return the written ShardIndex.
+    `identity_csv`: the person of each clip (`read_identity_csv`); without it, SynthLRW's
+    sidecars give them and other trees have none. `device`: where MFCCs are computed (cpu, or
+    cuda for the fused Triton kernel; decoding and alignment stay on the CPU processes)."""
     if not 0.0 <= min_face_share <= 1.0:
         raise OptionError(f"--min-face-share {min_face_share}: must be between 0 and 1")
+    from fastdavs.synthesis import parse_device
+
+    device = str(parse_device(device))
+    import hashlib
+
     from fastdavs.data.align import aligned_size
     from fastdavs.data.shards import complete_shards, remove_stale_tmp, shard_name, write_index
 
     src, out = Path(src), Path(out)
     words, splits = discover(src)
-    identities = identities_of(src)
+    if identity_csv is None:
+        identities = identities_of(src)
+        source = {"identities": "synthlrw sidecars" if identities else "none"}
+    else:
+        csv_path = Path(identity_csv)
+        labels = read_identity_csv(csv_path)
+        splits, unnamed = label_sources(splits, labels, csv_path)
+        identities = labels.names
+        digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+        source = {"identities": f"csv {csv_path.name}", "sha256": digest}
+        print(
+            f"identities: {len(identities)} persons from {csv_path}"
+            + (f"; {unnamed} clips are not in it (identity unknown)" if unnamed else "")
+        )
     created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _claim_identity_source(out, source)
+    except OSError as e:
+        raise _unwritable(e, out) from None
     chunks = []
     for split, sources in splits.items():
         remove_stale_tmp(out / split)
@@ -215,7 +351,7 @@ def prepare(
                 chunks.append(_Chunk(split, shard, tuple(sources[k : k + CLIP_CAPACITY])))
     total = sum(len(c.sources) for c in chunks)
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
-    items = [(c, out, image_size, min_face_share) for c in chunks]
+    items = [(c, out, image_size, min_face_share, device) for c in chunks]
     try:
         with tqdm(total=total, desc="prepare", unit="clip", dynamic_ncols=True) as bar:
             if workers == 1:
@@ -228,10 +364,7 @@ def prepare(
                         bar.update(sum(n))
     except OSError as e:  # unwritable or full: the complete shards stay for a rerun
         _remove_empty_dirs(out, created)
-        raise DataError(
-            f"{e.filename or out}: cannot write the shards ({e.strerror or e}); choose a "
-            "writable --out with free space, then rerun (complete shards are kept)"
-        ) from None
+        raise _unwritable(e, out) from None
     _refuse_empty(src, out, created)
     return write_index(
         out,
@@ -240,6 +373,13 @@ def prepare(
         vocabulary=words,
         identities=identities,
         source=src.resolve(),
+    )
+
+
+def _unwritable(e: OSError, out: Path) -> DataError:
+    return DataError(
+        f"{e.filename or out}: cannot write the shards ({e.strerror or e}); choose a "
+        "writable --out with free space, then rerun (complete shards are kept)"
     )
 
 
@@ -262,10 +402,14 @@ def _refuse_empty(src: Path, out: Path, created: bool) -> None:
 
 
 def _remove_empty_dirs(out: Path, created: bool) -> None:
-    """Remove the split folders left empty by a failed run, and OUT too if this run made it."""
-    for d in [out / split for split in SPLITS] + ([out] if created else []):
+    """Remove the split folders left empty by a failed run, and OUT too if this run made it
+    (with the record of its identity source, all it then holds)."""
+    for d in [out / split for split in SPLITS]:
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+    if created and out.is_dir() and {p.name for p in out.iterdir()} <= {IDENTITY_SOURCE}:
+        (out / IDENTITY_SOURCE).unlink(missing_ok=True)
+        out.rmdir()
 
 
 def face_report(out: Path) -> str:
@@ -303,6 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip a clip with a face in fewer than this share of its frames (default: "
         f"{MIN_FACE_SHARE})",
     )
+    parser.add_argument(
+        "--identities",
+        metavar="CSV",
+        help="the person of each clip: a CSV with the header 'clip,person' (clip: the mp4's "
+        "path relative to SRC, or its file stem); real LRW has no identity labels, and "
+        "without them training turns identity pretraining and the word-ID -> person "
+        "adversary off",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where MFCCs are computed: cpu (default) or cuda (the fused Triton kernel)",
+    )
     add_config_args(parser, default_preset="small")
     return parser
 
@@ -310,7 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    index = prepare(args.src, args.out, cfg.image_size, args.workers, args.min_face_share)
+    index = prepare(
+        args.src,
+        args.out,
+        cfg.image_size,
+        args.workers,
+        args.min_face_share,
+        args.identities,
+        args.device,
+    )
     for split, entry in index.splits.items():
         print(f"{split}: {entry['clips']} clips in {len(entry['shards'])} shards")
     print(face_report(Path(args.out)))

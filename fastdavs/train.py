@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from fastdavs.cli import Parser, add_config_args, config_from_args, run
 from fastdavs.config import DavsConfig
+from fastdavs.errors import OptionError
 from fastdavs.steps import STAGES
 
 PROG = "fastdavs-train"
@@ -81,15 +82,41 @@ def embedded_data(image_size: int) -> Path:
     return shards
 
 
-def fit_to_data(cfg: DavsConfig, data: Path) -> DavsConfig:
+def fit_to_data(cfg: DavsConfig, data: Path, stages: Sequence[str] = STAGES) -> DavsConfig:
     """The config with its classifier sizes set from the prepared data's vocabulary and
-    identities (500 words and 40,145 identities are the original's LRW / MS-Celeb sizes)."""
+    identities (500 words and 40,145 identities are the original's LRW / MS-Celeb sizes).
+
+    Data without identity labels (real LRW prepared without `--identities`) cannot train the
+    identity classifier or the word-ID -> person adversary: the config then schedules no `pid`
+    steps and weighs the terms that read identities (that adversary's uniform loss, identity
+    scatter) 0, and a warning says so; training only `pid` on such data is an OptionError.
+    The identity encoder then learns only through generation."""
     from fastdavs.data.shards import load_index
 
     index = load_index(data)
-    return dataclasses.replace(
+    cfg = dataclasses.replace(
         cfg, num_words=len(index.vocabulary), num_identities=max(2, len(index.identities))
-    ).validate()
+    )
+    if not index.identities:
+        if tuple(stages) == ("pid",):
+            raise OptionError(
+                f"--stage pid: {data} has no identity labels, so identity pretraining has "
+                "nothing to learn; prepare the data with `fastdavs-prepare --identities CSV`"
+            )
+        logging.getLogger(__name__).warning(
+            "%s has no identity labels: identity pretraining (pid) and the word-ID -> person "
+            "adversary are off, and the identity encoder learns only through generation. "
+            "To train them, prepare the data with `fastdavs-prepare --identities CSV` "
+            "(the person of each clip).",
+            data,
+        )
+        cfg = dataclasses.replace(
+            cfg,
+            schedule=dataclasses.replace(cfg.schedule, pid_steps=0),
+            loss=dataclasses.replace(cfg.loss, wid_uniform=0.0, identity_scatter=0.0),
+            optim=dataclasses.replace(cfg.optim, identity_group=1),
+        )
+    return cfg.validate()
 
 
 def _distributed() -> bool:
@@ -133,7 +160,8 @@ def _train(argv: Sequence[str] | None) -> None:
                 box = [data]
                 dist.broadcast_object_list(box, 0)
                 data = box[0]
-        cfg = fit_to_data(cfg, data)
+        stages = STAGES if args.stage == "all" else (args.stage,)
+        cfg = fit_to_data(cfg, data, stages)
         device = (
             f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         )
@@ -141,7 +169,7 @@ def _train(argv: Sequence[str] | None) -> None:
         opts = RunOptions(
             data=data,
             out=out,
-            stages=STAGES if args.stage == "all" else (args.stage,),
+            stages=stages,
             amp=args.amp,
             max_steps=args.steps,
             resume=args.resume,

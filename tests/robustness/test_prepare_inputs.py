@@ -106,7 +106,7 @@ def test_out_under_a_file_is_an_error(lrw, tmp_path, capsys, robustness):
     rc, stdout, errors = _prepare(capsys, lrw, blocker / "shards")
     assert rc == 2
     assert errors == [
-        f"fastdavs-prepare: error: {blocker / 'shards/train/shard_00000.tmp'}: cannot write the "
+        f"fastdavs-prepare: error: {blocker / 'shards'}: cannot write the "
         "shards (Not a directory); choose a writable --out with free space, then rerun (complete "
         "shards are kept)"
     ]
