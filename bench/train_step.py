@@ -102,9 +102,10 @@ def _spawn(arm: str, preset: str, generator: str | None, stage: str, steps: int)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _loss_gap(a: dict[str, float], b: dict[str, float]) -> tuple[str, float]:
-    """The loss part with the largest relative difference between two steps' parts."""
-    gaps = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a}
+def loss_gap(a: dict[str, float], b: dict[str, float], floor: float = 0.0) -> tuple[str, float]:
+    """The loss part with the largest relative difference between two steps' parts, over the
+    parts with |a| >= floor."""
+    gaps = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a if abs(a[k]) >= floor}
     name = max(gaps, key=gaps.get)
     return name, gaps[name]
 
@@ -124,8 +125,8 @@ def compare(preset: str, generator: str | None, stage: str, steps: int, rounds: 
         row[f"{arm}_samples_per_s"] = batch / med
     row["speedup"] = row["fast_samples_per_s"] / row["reference_samples_per_s"]
     ref, fast = runs["reference"][0]["losses"], runs["fast"][0]["losses"]
-    row["loss_gap_step1"], row["loss_gap_step1_part"] = _loss_gap(ref[0], fast[0])[::-1]
-    row["loss_gap_last"], row["loss_gap_last_part"] = _loss_gap(ref[-1], fast[-1])[::-1]
+    row["loss_gap_step1"], row["loss_gap_step1_part"] = loss_gap(ref[0], fast[0])[::-1]
+    row["loss_gap_last"], row["loss_gap_last_part"] = loss_gap(ref[-1], fast[-1])[::-1]
     row["fast_autocast"] = runs["fast"][0]["autocast"]
     row["fast_retain_heap"] = runs["fast"][0]["retain_heap"]
     row["threads"] = runs["fast"][0]["threads"]
