@@ -7,8 +7,8 @@ Per op and shape, in one process and one run: `<op>_ref` (eager PyTorch, the def
 `torch.compile` of it (static shapes, fullgraph; its compile time, the first call's wall time,
 is reported apart), the Triton kernel where CUDA exists, and for mfcc the librosa baseline
 (`bench/mfcc_librosa.py`, clip by clip). Shapes are the model's: temporal_conv at every conv of
-the audio branch B (N = 16 clips x 12 windows) and the tcn word head (16 sequences of 12
-frames), presets small and paper, forward in the eval form (BatchNorm folded: bias, activation,
+the audio branch B (N = batch x 12 windows; the preset's batch, 8 small and 16 paper) and the
+tcn word head (a batch of sequences of 12 frames), presets small and paper, forward in the eval form (BatchNorm folded: bias, activation,
 subsampling stride) and forward + backward in the training form (bare conv); mfcc on 16 and 256
 one-second clips; contrastive_loss at (16, small seq_dim), (64, 3072) and (1024, 3072).
 
@@ -113,7 +113,8 @@ def _randn(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
 
 def conv_cases(presets: list[str], layers: list[str] | None) -> list[Case]:
     """Every temporal conv of the model, in its eval form forward and its training form forward +
-    backward: audio branch B on 16 x 12 MFCC windows, the tcn head on 16 sequences of 12 frames.
+    backward: audio branch B on batch x 12 MFCC windows, the tcn head on a batch of sequences of
+    12 frames (the preset's batch).
 
     Eval form: BatchNorm folded into a bias, the activation and the following MaxPool1d(1, s)
     in one launch (`conv_bn_act`: the subsampling becomes the stride, "s3"); audio.conv3 has

@@ -388,16 +388,15 @@ def _small() -> DavsConfig:
         # face, trained alone on frozen word-ID for ~1,500 steps, reached 27.4 dB.
         generator="mouth_editor",
         # A short CPU schedule: `python -m fastdavs.train --amp` (data and evaluation included)
-        # in 16 minutes on 2 Zen 4 cores with bf16, at about 0.5 / 0.47 / 0.33 / 0.96 s per
-        # pid / wid / render / gen step (batch 16); the budget is 30 minutes on 2 AVX2 cores
-        # in float32 (the davs-decoder schedule took 24 there). To learn that fast, lr is 5x
-        # the original's and the modality flip weight 1 instead of 5. Measured over the first
-        # 60 steps of `wid`: audio word CE 3.05 at lr 1e-3 with flip 5, 0.72 with flip 1, 3.3
-        # at lr 2e-4; `gen` reconstruction after 40 steps 155 at lr 1e-3 against 215 at 2e-4
-        # (davs decoder). The uniform-softmax
-        # adversaries weigh 1e4, not 1e6: at 1e6 the gen stage wiped out the video word space
-        # (held-out video word accuracy 3.1%, retrieval R@1 0%) without lowering the identity
-        # probe; at 1e4, 71.6% and 37% (full default runs with the davs decoder).
+        # within the budget of 30 minutes on 2 AVX2 cores in float32 (about 27 there, from the
+        # step times below) and in about 6 minutes on 2 Zen 5 cores with native bf16. To learn
+        # that fast, lr is 5x the original's and the modality flip weight 1 instead of 5. Measured
+        # over the first 60 steps of `wid`: audio word CE 3.05 at lr 1e-3 with flip 5, 0.72 with
+        # flip 1, 3.3 at lr 2e-4; `gen` reconstruction after 40 steps 155 at lr 1e-3 against 215 at
+        # 2e-4 (davs decoder). The uniform-softmax adversaries weigh 1e4, not 1e6: at 1e6 the gen
+        # stage wiped out the video word space (held-out video word accuracy 3.1%, retrieval R@1 0%)
+        # without lowering the identity probe; at 1e4, 71.6% and 37% (full default runs with the
+        # davs decoder).
         loss=LossWeights(modality_flip=1.0, pid_uniform=1e4, wid_uniform=1e4),
         # The adversaries' classifiers stay at that lr: at 10x (with the wid->person adversary's
         # input standardised) its cross-entropy still read chance all through gen, and the
@@ -407,16 +406,25 @@ def _small() -> DavsConfig:
         # video word accuracy 87.6 / 76.9% against 82.7 / 72.7%, lip reading of generated video
         # 0.70 against 0.51. Decaying the earlier stages too (their modules go on training in
         # gen at the full lr) did worse in a full run: mouth 27.20 dB, video words 69.1%.
-        optim=OptimConfig(lr=1e-3, lr_decay="linear"),
+        # Batch 8, not 16: on 2 AMD EPYC Zen 3 cores (AVX2, float32) a step costs 0.73 / 0.75 /
+        # 0.53 / 1.6 s (pid / wid / render / gen) at batch 8 against 1.11 / 1.36 / 1.25 / 2.9 s
+        # at 16: batch 16 took 47 minutes there. The price, in default runs: held-out video
+        # word accuracy 71-73% against 82% at batch 16 (76.9% with batch 16 in wid alone, which
+        # the budget cannot hold beside the render steps below).
+        optim=OptimConfig(lr=1e-3, lr_decay="linear", batch_size=8),
         schedule=ScheduleConfig(
             pid_steps=100,
             wid_steps=300,
-            # render steps cost about a third of a gen step. From the wid checkpoint: 600 render
-            # steps alone reach mouth PSNR 26.4 dB (copy: 24.5), and the gen stage, which also
-            # trains the encoders for the generator, takes it to ~28; 1,200 render + 300 gen
-            # reached 28.4 but held-out video word accuracy fell to 67.8%.
-            render_steps=600,
-            gen_steps=450,
+            # A render step (half audio-, half video-driven, audio encoder training) costs a
+            # quarter of a gen step on AVX2: 0.41 against 1.6 s at batch 8 (the EPYC's 0.53 s
+            # of the render step that trained the generator alone, times 0.78, the ratio of the
+            # two measured in float32 with ONEDNN_MAX_CPU_ISA=AVX2), so the mouth is bought
+            # there: in default runs (batch 8), 600 render + 450 gen reached held-out
+            # audio-driven mouth PSNR 27.74 dB (copy 24.61), lip reading of generated video
+            # 0.80x the real video's, words 89.3 / 71.3%; 1,200 + 350 reached 28.69 dB (+4.08),
+            # 0.89x, words 88.7 / 73.1%, at about the same cost on AVX2.
+            render_steps=1200,
+            gen_steps=350,
             sample_every=150,
             checkpoint_every=50,
         ),

@@ -17,7 +17,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.kernels import contrastive_loss_ref, mfcc_ref, temporal_conv_ref
 
 SMALL = DavsConfig.from_preset("small")
-B = SMALL.optim.batch_size  # 16
+B = SMALL.optim.batch_size  # 8
 
 
 def _fwd_bwd(fn, inputs, dy, **kwargs):

@@ -206,7 +206,7 @@ def test_generator_fields_have_command_line_flags():
     ])  # fmt: skip
     cfg = config_from_args(args)
     assert (cfg.generator, cfg.edit_box, cfg.edit_feather) == ("davs", (0.5, 1.0, 0.1, 0.9), 0.05)
-    assert cfg.schedule.render_steps == 7 and cfg.schedule.gen_steps == 450  # the preset's
+    assert cfg.schedule.render_steps == 7 and cfg.schedule.gen_steps == 350  # the preset's
     args = parser.parse_args(["--preset", "small", "--generator", "gan"])
     with pytest.raises(ConfigError, match="generator='gan'"):
         config_from_args(args)
