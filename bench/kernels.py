@@ -6,11 +6,12 @@
 Per op and shape, in one process and one run: `<op>_ref` (eager PyTorch, the definition),
 `torch.compile` of it (static shapes, fullgraph; its compile time, the first call's wall time,
 is reported apart), the Triton kernel where CUDA exists, and for mfcc the librosa baseline
-(`bench/mfcc_librosa.py`, clip by clip). Shapes are the model's: temporal_conv at every conv of
-the audio branch B (N = batch x 12 windows; the preset's batch, 8 small and 16 paper) and the
-tcn word head (a batch of sequences of 12 frames), presets small and paper, forward in the eval form (BatchNorm folded: bias, activation,
-subsampling stride) and forward + backward in the training form (bare conv); mfcc on 16 and 256
-one-second clips; contrastive_loss at (16, small seq_dim), (64, 3072) and (1024, 3072).
+(`bench/mfcc_librosa.py`, clip by clip). Shapes are the model's: temporal_conv at every conv of the
+audio branch B (N = batch x 12 windows; the preset's batch, 8 small and 16 paper) and the tcn word
+head (a batch of sequences of 12 frames), presets small and paper, forward in the eval form
+(BatchNorm folded: bias, activation, subsampling stride) and forward + backward in the training form
+(bare conv); mfcc on 16 and 256 one-second clips; contrastive_loss at (16, small seq_dim), (64,
+3072) and (1024, 3072).
 
 Timing: CPU wall time (`time.perf_counter`) after a warm-up call, each sample a loop long
 enough to measure, repetitions interleaved across paths (rotating order) so that background
