@@ -622,10 +622,27 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
     )
     assert code == 2 and "bf16 is not offered" in err
 
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--precision", "int8", "--out", tmp_path / "e"
+    )
+    assert code == 2 and err.strip().count("\n") == 0 and "pass --calibration-data DIR" in err
+
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--checkpoint", str(tiny_ckpt), "--batch", "4:2:8", "--out", "x"])
     assert exit_info.value.code == 2 and "need 1 <= MIN <= OPT <= MAX" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_cli_builds_openvino_int8_on_real_data(tiny_ckpt, shards, tmp_path, capsys):
+    out = tmp_path / "e"
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--backend", "openvino", "--precision", "int8",
+        "--calibration-data", shards, "--no-rewrite", "--batch", "1:2:4", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((out / CONFIG).read_text())
+    assert meta["build"]["rewrite"] is False and meta["parity"]["inputs"].startswith("val clip")
+    assert load(out).precision == "int8"
 
 
 def test_cli_tensorrt_without_tensorrt(tiny_ckpt, tmp_path, capsys, monkeypatch):
