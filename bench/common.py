@@ -59,11 +59,19 @@ def best_seconds(fn: Callable[[], object], reps: int = 5) -> float:
     return min(times)
 
 
-def matmul_peak_gflops(n: int = 2048, device: str = "cpu") -> float:
-    """This machine's fp32 matmul rate (n x n by n x n, best of 5): the peak that benchmarks
-    report achieved GFLOP/s against, measured in the same run and with the same threads."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
+def matmul_peak_gflops(n: int = 2048, device: str = "cpu", dtype=torch.float32) -> float:
+    """This machine's matmul rate in `dtype` (n x n by n x n, best of 5): the peak that
+    benchmarks report achieved GFLOP/s against, measured in the same run and with the same
+    threads. float32 and bfloat16 go through torch.mm; int8 through torch._int_mm (int8 x int8
+    -> int32, oneDNN's VNNI kernels where the CPU has them), counted as 2 ops per
+    multiply-add like the others."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        b = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        return 2 * n**3 / best_seconds(lambda: torch._int_mm(a, b)) / 1e9
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
     return 2 * n**3 / best_seconds(lambda: torch.mm(a, b, out=out)) / 1e9
 
 

@@ -120,7 +120,7 @@ def quantize_int8(model, feeds: list[dict[str, np.ndarray]]):
 class OpenVinoSession:
     """One IR graph compiled for this CPU: `run({name: tensor}) -> {name: output}` (float32)."""
 
-    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0):
+    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0, profile=False):
         ov = import_openvino()
         if precision == "bf16" and not native_bf16():
             raise EngineError(
@@ -132,6 +132,7 @@ class OpenVinoSession:
             "INFERENCE_PRECISION_HINT": hint,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
+            "PERF_COUNT": profile,  # per-node times in request.profiling_info (bench profiling)
         }
         core = ov.Core()
         try:
