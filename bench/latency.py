@@ -29,8 +29,8 @@ Paths, all in this process on the same inputs:
 For each: per-frame latency at batch 1 (p50, p90, p99 over calls), frames/s at batch 25 (25 /
 median call time, [p20, p80]), parity with the reference output at batch 25 (PSNR, max abs
 error), achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter on the reference) as a share
-of the matmul peak measured at the start and end of the run in fp32 and in the path's own
-arithmetic (bf16 where the CPU has it natively, int8 by torch._int_mm), and the physical limit
+of the machine's peak measured at the start and end of the run (`measure_peaks`), in fp32 and in
+the path's own arithmetic (bf16 where the CPU has it natively, int8), and the physical limit
 that peak sets: peak / GFLOP per frame, frames/s. Engine build and compile times are reported
 apart. Without --checkpoint the model is randomly initialised (BatchNorm statistics from a few
 train-mode passes, `common.random_model`); the output says so. Writes
@@ -49,7 +49,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import csv_text, git, matmul_peak_gflops, random_model
+from common import conv_peak_gflops, csv_text, git, matmul_peak_gflops, random_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.atomic import replace_with, write_json, write_text
@@ -70,7 +70,6 @@ BATCH = 25  # one second of video
 # fp32 on the same machine: 5x where the CPU has native bf16 or VNNI, 3x on AVX2 alone.
 TARGET_PAPER_FPS, TARGET_PSNR_DB, TARGET_SMALL_MS = 25.0, 35.0, 10.0
 TARGET_SPEEDUP = {"bf16/VNNI": 5.0, "AVX2": 3.0}
-PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 # The SynthLRW set a run without --checkpoint makes for calibration and inputs (a few seconds).
 BENCH_DATA = {"identities": 6, "held_out": 2, "words": 4, "takes": 1, "seed": 7}
 # Timing budget per (path, batch): stop after `reps` calls or `budget` seconds (at least 3).
@@ -259,9 +258,15 @@ def arithmetic(name: str) -> str:
 
 
 def measure_peaks() -> dict[str, float]:
-    """GFLOP/s (GOP/s for int8) of matmul in each arithmetic this CPU runs natively."""
-    kinds = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
-    return {k: matmul_peak_gflops(dtype=PEAK_DTYPES[k]) for k in kinds}
+    """GFLOP/s (GOP/s for int8) in each arithmetic this CPU runs natively: the faster of a
+    matmul and a 3x3 convolution (`common.conv_peak_gflops`) for fp32 and bf16, torch._int_mm
+    for int8."""
+    peaks = {"fp32": max(matmul_peak_gflops(), conv_peak_gflops(torch.float32))}
+    peaks["int8"] = matmul_peak_gflops(dtype=torch.int8)
+    if cpu_has_native_bf16():
+        bf16 = (matmul_peak_gflops(dtype=torch.bfloat16), conv_peak_gflops(torch.bfloat16))
+        peaks["bf16"] = max(bf16)
+    return peaks
 
 
 def bench_data(root: Path, image_size: int) -> Path:
@@ -411,7 +416,7 @@ def main() -> int:
         print(f"inputs: the face and 25 MFCC windows of {clip} of {data}", flush=True)
 
         peaks_start = measure_peaks()
-        print(f"measured matmul peaks: {_peaks(peaks_start)}", flush=True)
+        print(f"measured peaks: {_peaks(peaks_start)}", flush=True)
 
         with torch.inference_mode():
             ident = IdentityGraph(model)(face)  # the identity tensors, batch 1
@@ -444,7 +449,7 @@ def main() -> int:
         # lowers one of them, and a share of peak above 100% would mean the peak was low).
         peaks_end = measure_peaks()
         peaks = {k: max(peaks_start[k], peaks_end[k]) for k in peaks_start}
-        print(f"matmul peaks at the end: {_peaks(peaks_end)}", flush=True)
+        print(f"peaks at the end: {_peaks(peaks_end)}", flush=True)
         ref = next(r for r in rows if r["path"] == "eager fp32")["out"]
         for row in rows:
             if "out" not in row:
@@ -557,7 +562,7 @@ def format_table(r: dict) -> str:
         f"fastdavs frame synthesis — {_title(r)}",
         f"{machine_summary(r['machine'])}, {r['env']['threads']} threads",
         f"inputs: {r['inputs']}",
-        f"matmul peaks {_peaks(r['peaks'])}; frame graph {r['gflop_per_frame']:.3f} GFLOP/frame, "
+        f"peaks {_peaks(r['peaks'])}; frame graph {r['gflop_per_frame']:.3f} GFLOP/frame, "
         f"so at most {limits} frames/s (peak / GFLOP per frame)",
         "",
         f"{'path':<30} {'b1 p50':>8} {'p90':>8} {'p99':>8} {'b25 frames/s [p20, p80]':>26} "
