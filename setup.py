@@ -17,6 +17,10 @@ INSTALL_REQUIRES = [
     "av==18.1.0",
     "onnx==1.23.2",
     "onnxruntime==1.32.0",
+    # OpenVINO CPU engines (fastdavs.engines.openvino_engine) and NNCF's int8 quantization;
+    # nncf declares no torch, so it leaves torch==2.13.0 as it is.
+    "openvino==2026.4.1",
+    "nncf==3.4.0",
     "safetensors==0.8.0",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",

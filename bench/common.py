@@ -59,12 +59,32 @@ def best_seconds(fn: Callable[[], object], reps: int = 5) -> float:
     return min(times)
 
 
-def matmul_peak_gflops(n: int = 2048, device: str = "cpu") -> float:
-    """This machine's fp32 matmul rate (n x n by n x n, best of 5): the peak that benchmarks
-    report achieved GFLOP/s against, measured in the same run and with the same threads."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
+def matmul_peak_gflops(n: int = 2048, device: str = "cpu", dtype=torch.float32) -> float:
+    """This machine's matmul rate in `dtype` (n x n by n x n, best of 5): the peak that
+    benchmarks report achieved GFLOP/s against, measured in the same run and with the same
+    threads. float32 and bfloat16 go through torch.mm; int8 through torch._int_mm (int8 x int8
+    -> int32, oneDNN's VNNI kernels where the CPU has them), counted as 2 ops per
+    multiply-add like the others."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        b = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        return 2 * n**3 / best_seconds(lambda: torch._int_mm(a, b)) / 1e9
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
     return 2 * n**3 / best_seconds(lambda: torch.mm(a, b, out=out)) / 1e9
+
+
+def conv_peak_gflops(dtype=torch.float32, channels: int = 256, size: int = 32) -> float:
+    """This machine's 3x3 convolution rate in `dtype` (float32 or bfloat16; batch 16,
+    `channels` in and out, `size` x `size`, channels-last: oneDNN's direct kernels), best of 5.
+    On AMD CPUs torch.mm's float32 BLAS runs AVX2 kernels (measured 179 GFLOP/s on a 2-core
+    Zen 5, where this gives 456): a machine's float32 peak is the faster of the two probes."""
+    x = torch.randn(16, channels, size, size, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, dtype=dtype).to(memory_format=torch.channels_last)
+    flops = 2 * 9 * channels**2 * size**2 * 16
+    with torch.no_grad():
+        return flops / best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1)) / 1e9
 
 
 def random_model(preset: str, generator: str | None = None) -> DavsModel:

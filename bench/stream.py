@@ -122,8 +122,9 @@ def main() -> int:
         "--threads",
         type=int,
         default=1,
-        help="torch and ONNX Runtime threads (0: their defaults). One frame of `small` gains "
-        "little from more, and a thread team stalls whenever another process holds a core",
+        help="torch and engine (ONNX Runtime, OpenVINO) threads (0: their defaults). One frame "
+        "of `small` gains little from more, and a thread team stalls whenever another process "
+        "holds a core",
     )
     parser.add_argument("--out", default="bench/results", metavar="DIR")
     args = parser.parse_args()

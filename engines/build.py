@@ -2,10 +2,13 @@
 
     fastdavs-build-engine --checkpoint RUN/checkpoints/gen_000450 --backend onnxruntime \
         --precision fp32 --batch 1:25:50 --out engines/small-ort
+    fastdavs-build-engine --checkpoint RUN --backend openvino --precision int8 --out DIR
+    fastdavs-build-engine --checkpoint RUN --backend auto --out DIR   # the fastest here
 
 Exports the identity and frame graphs to ONNX, builds them with the backend, checks the engine
-against eager PyTorch on fresh random inputs and writes DIR only if that parity holds. Defaults
-come from `fastdavs.engines.builder.BuildConfig`.
+against eager PyTorch on fresh random inputs and writes DIR only if that parity holds. int8
+calibrates on real faces and speech: --calibration-data, or the data the run was trained on.
+Defaults come from `fastdavs.engines.builder.BuildConfig`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from fastdavs.cli import Parser, run
-from fastdavs.engines.builder import BACKENDS, PRECISIONS, BuildConfig, build_engine
+from fastdavs.engines.builder import AUTO, BACKENDS, PRECISIONS, BuildConfig, build_engine
 
 PROG = "fastdavs-build-engine"
 DEFAULTS = BuildConfig()
@@ -42,10 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", metavar="CKPT", required=True,
         help="a checkpoint directory, or a run directory (its latest checkpoint)",
     )  # fmt: skip
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default=DEFAULTS.precision,
-        help="of the frame graph; kept only where parity with eager fp32 holds",
+        "--backend", choices=(*BACKENDS, AUTO), default=DEFAULTS.backend,
+        help="auto: build every engine this machine can, keep the fastest that holds parity "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=(*PRECISIONS, AUTO), default=DEFAULTS.precision,
+        help="of the frame graph; kept only where parity with eager fp32 holds; bf16 with "
+        "openvino on CPUs with native bf16; auto: the fastest (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-data", metavar="SHARDS", default=DEFAULTS.calibration_data,
+        help="int8: prepared shards (fastdavs-prepare output at the model's image size) whose "
+        "faces and speech calibrate it (default: the data the checkpoint's run was trained on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-rewrite", dest="rewrite", action="store_false",
+        help="export the graphs as the model is, without folding BatchNorm and turning "
+        "stride-1 ConvTranspose2d into Conv2d",
     )  # fmt: skip
     parser.add_argument(
         "--batch", type=parse_batch_profile, default=DEFAULTS.batch, metavar="MIN:OPT:MAX",
@@ -58,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _build(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = BuildConfig(backend=args.backend, precision=args.precision, batch=args.batch)
+    cfg = BuildConfig(
+        backend=args.backend, precision=args.precision, batch=args.batch,
+        calibration_data=args.calibration_data, rewrite=args.rewrite,
+    )  # fmt: skip
     build_engine(args.checkpoint, args.out, cfg)
 
 

@@ -1,18 +1,26 @@
 """checkpoint -> engine directory: export, backend build, parity check, config.json, publish.
 
     checkpoint ─reference_model─► eager float32 model (kernel_backend "ref", eval)
-        ─export─► identity.onnx (fp32) + frames.onnx (precision; int8 = fp32 + QDQ quantization)
-        ─backend─► ONNX Runtime optimised graphs | TensorRT plans (+ timing cache)
-        ─parity─► engine loaded back from disk vs eager, on fresh random inputs
+        ─rewrite─► a copy with BatchNorm folded and stride-1 ConvTranspose2d as Conv2d
+        ─export─► identity.onnx (fp32) + frames.onnx (fp32 | fp16; int8 = fp32 + QDQ quantization
+                  for ONNX Runtime and TensorRT)
+        ─backend─► ONNX Runtime optimised graphs | OpenVINO IR (int8: NNCF) | TensorRT plans
+        ─parity─► engine loaded back from disk vs the eager model as trained, on fresh random
+                  inputs (int8: a real face and its speech that calibration did not read)
         ─publish─► DIR (renamed from DIR.tmp-XXXXXXXX only if parity holds)
 
+int8 calibrates on real faces and speech (`calibration.py`): `calibration_data`, or the shards
+the checkpoint's run was trained on. `--backend auto` / `--precision auto` build every candidate
+and keep the fastest that holds parity (`auto.py`).
 `BuildConfig` holds every build setting; `fastdavs-build-engine` derives its defaults from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import importlib
 import logging
 import platform
 import shutil
@@ -26,6 +34,7 @@ import torch
 
 from fastdavs import __version__
 from fastdavs.atomic import write_json
+from fastdavs.checkpoint import run_data
 from fastdavs.engines import engine_dir
 from fastdavs.engines.engine_dir import (
     CONFIG,
@@ -46,41 +55,54 @@ from fastdavs.engines.export import (
     reference_model,
 )
 from fastdavs.engines.parity import measure
+from fastdavs.engines.rewrite import for_export
+from fastdavs.machine import machine_info
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+AUTO = "auto"  # as --backend or --precision: measure the candidates and keep the fastest
 
 
 @dataclass
 class BuildConfig:
     """How to build an engine. `batch` is the frame graph's (min, opt, max) batch: TensorRT's
-    optimization profile; ONNX Runtime takes any batch. Both split larger calls into chunks of
-    max. The identity graph's profile is (1, 1, max)."""
+    optimization profile; ONNX Runtime and OpenVINO take any batch. All split larger calls into
+    chunks of max; `--backend auto` times candidates at opt. The identity graph's profile is
+    (1, 1, max)."""
 
-    backend: str = "onnxruntime"
-    precision: str = "fp32"  # of the frame graph; the identity graph is always fp32
+    backend: str = "onnxruntime"  # or openvino, tensorrt, auto
+    precision: str = "fp32"  # of the frame graph (or auto); the identity graph is always fp32
     batch: tuple[int, int, int] = (1, 25, 50)
     opset: int = OPSET
     workspace_mb: int = 4096  # TensorRT builder workspace limit
-    parity_frames: int = 8  # random frames compared with eager PyTorch after the build
+    parity_frames: int = 8  # frames compared with eager PyTorch after the build
+    calibration_data: str | None = None  # int8: prepared shards (default: the run's data)
     calibration_frames: int = 64  # int8 only
-    threads: int = 0  # ONNX Runtime intra-op threads (0: one per core)
+    rewrite: bool = True  # export-time graph rewrites (rewrite.py)
+    threads: int = 0  # ONNX Runtime / OpenVINO inference threads (0: one per core)
 
     def validate(self) -> BuildConfig:
-        if self.backend not in BACKENDS:
-            raise EngineError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
+        if self.backend not in (*BACKENDS, AUTO):
             raise EngineError(
-                f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+                f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)} or {AUTO}"
             )
-        if self.precision == "bf16":
+        if self.precision not in (*PRECISIONS, AUTO):
             raise EngineError(
-                "--precision bf16 is not offered: ONNX's Conv takes bfloat16 only from opset "
-                f"22 and the TorchScript exporter writes at most opset 20 (this build: {self.opset}"
-                "); use fp16 (TensorRT) or fp32 / int8"
+                f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)} or {AUTO}"
             )
+        if self.precision == "bf16" and self.backend not in ("openvino", AUTO):
+            raise EngineError(
+                f"--precision bf16 is not offered with {self.backend}: ONNX's Conv takes "
+                "bfloat16 only from opset 22 and the TorchScript exporter writes at most opset "
+                f"20 (this build: {self.opset}); use --backend openvino (bf16 on CPUs that have "
+                "it natively), fp16 (TensorRT) or fp32 / int8"
+            )
+        if self.precision == "fp16" and self.backend == "openvino":
+            from fastdavs.engines.openvino_engine import check_precision
+
+            check_precision(self.precision)
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
             raise EngineError(f"batch {self.batch}: need 1 <= min <= opt <= max")
@@ -93,18 +115,19 @@ class BuildConfig:
 def build_engine(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> Path:
     """Build an engine directory at `out` from a checkpoint (or a run directory's latest).
 
-    Raises EngineError (and its ParityError, BackendUnavailable) or CheckpointError with a
-    message naming the file or option; `out` is then untouched.
+    Raises EngineError (and its ParityError, BackendUnavailable), CheckpointError or DataError
+    (int8 calibration data) with a message naming the file or option; `out` is then untouched.
     """
     cfg.validate()
+    if AUTO in (cfg.backend, cfg.precision):
+        from fastdavs.engines.auto import build_fastest
+
+        return build_fastest(checkpoint, out, cfg)
     out = Path(out)
     engine_dir.check_out_dir(out)
-    if cfg.backend == "tensorrt":  # fail before the export where TensorRT cannot run
-        from fastdavs.engines.tensorrt_engine import import_tensorrt, require_gpu
-
-        import_tensorrt()
-        require_gpu()
+    check_backend(cfg.backend, cfg.precision)  # fail before the export where it cannot run
     ckpt = checkpoint_dir(checkpoint)
+    data = calibration_data(ckpt, cfg) if cfg.precision == "int8" else None
     start = time.perf_counter()
     log.info("[1/4] loading %s", ckpt)
     model = reference_model(ckpt)
@@ -115,20 +138,26 @@ def build_engine(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> P
         times = {}
         t = time.perf_counter()
         log.info("[2/4] exporting to ONNX (opset %d, frame graph in %s)", cfg.opset, cfg.precision)
-        sources = _export(model, work, cfg)
+        feeds = None
+        if data is not None:
+            from fastdavs.engines.calibration import calibration_feeds
+
+            feeds = calibration_feeds(model, data, cfg.calibration_frames)
+        sources = _export(model, work, cfg, feeds)
         times["export_s"] = time.perf_counter() - t
         t = time.perf_counter()
         log.info("[3/4] building the %s engine", cfg.backend)
-        extra = _build_backend(sources, tmp, out, cfg)
+        extra = _build_backend(sources, tmp, out, cfg, feeds)
         times["build_s"] = time.perf_counter() - t
         shutil.rmtree(work)
-        meta = _metadata(model, ckpt, cfg, tmp, extra)
+        meta = _metadata(model, ckpt, cfg, tmp, extra, data)
         write_json(tmp / CONFIG, meta)
         t = time.perf_counter()
-        log.info("[4/4] parity with eager PyTorch on %d random frames", cfg.parity_frames)
+        what = "random frames" if data is None else "frames of a held-out clip"
+        log.info("[4/4] parity with eager PyTorch on %d %s", cfg.parity_frames, what)
         from fastdavs.engines.runtime import load
 
-        parity = measure(load(tmp, threads=cfg.threads), model, cfg.parity_frames)
+        parity = measure(load(tmp, threads=cfg.threads), model, cfg.parity_frames, data=data)
         log.info(
             "parity: max abs error %.3g, PSNR min %.1f dB, mean %.1f dB",
             parity.max_abs, parity.psnr_min_db, parity.psnr_mean_db,
@@ -146,22 +175,50 @@ def build_engine(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> P
     return out
 
 
-def _export(model, work: Path, cfg: BuildConfig) -> dict[str, Path]:
-    sources = {"identity": export_identity(model, work / "identity.onnx", cfg.opset)}
-    if cfg.precision == "int8":
+def check_backend(backend: str, precision: str) -> None:
+    """BackendUnavailable / EngineError where `backend` cannot build `precision` here."""
+    if backend == "tensorrt":
+        from fastdavs.engines.tensorrt_engine import import_tensorrt, require_gpu
+
+        import_tensorrt()
+        require_gpu()
+    elif backend == "openvino":
+        from fastdavs.engines.openvino_engine import check_precision, import_openvino
+
+        import_openvino()
+        check_precision(precision)
+    else:
+        from fastdavs.engines.onnxruntime_engine import import_onnxruntime
+
+        import_onnxruntime()
+
+
+def calibration_data(ckpt: Path, cfg: BuildConfig) -> Path:
+    """The shards int8 calibrates on: `cfg.calibration_data`, else the run's training data."""
+    if cfg.calibration_data:
+        return Path(cfg.calibration_data)
+    return run_data(ckpt, "--calibration-data")
+
+
+def _export(model, work: Path, cfg: BuildConfig, feeds) -> dict[str, Path]:
+    """The ONNX graphs the backend builds from: identity.onnx (fp32) and frames.onnx (fp32 or
+    fp16; int8 for ONNX Runtime and TensorRT: quantized here; OpenVINO quantizes the fp32 graph
+    itself, and takes bf16 from its inference precision)."""
+    graphs = for_export(model) if cfg.rewrite else model
+    sources = {"identity": export_identity(graphs, work / "identity.onnx", cfg.opset)}
+    if cfg.precision == "int8" and cfg.backend != "openvino":
         from fastdavs.engines.quantize import quantize_int8
 
-        fp32 = export_frames(model, work / "frames.fp32.onnx", "fp32", cfg.opset)
-        sources["frames"] = quantize_int8(
-            fp32, work / "frames.onnx", model, symmetric=cfg.backend == "tensorrt",
-            frames=cfg.calibration_frames,
-        )  # fmt: skip
+        fp32 = export_frames(graphs, work / "frames.fp32.onnx", "fp32", cfg.opset)
+        symmetric = cfg.backend == "tensorrt"
+        sources["frames"] = quantize_int8(fp32, work / "frames.onnx", feeds, symmetric=symmetric)
     else:
-        sources["frames"] = export_frames(model, work / "frames.onnx", cfg.precision, cfg.opset)
+        precision = cfg.precision if cfg.precision in DTYPES else "fp32"
+        sources["frames"] = export_frames(graphs, work / "frames.onnx", precision, cfg.opset)
     return sources
 
 
-def _build_backend(sources: dict[str, Path], tmp: Path, out: Path, cfg: BuildConfig) -> dict:
+def _build_backend(sources: dict[str, Path], tmp: Path, out: Path, cfg: BuildConfig, feeds) -> dict:
     """Write the backend's artifacts into `tmp`; return what config.json records of the build."""
     if cfg.backend == "onnxruntime":
         from fastdavs.engines.onnxruntime_engine import optimize, providers
@@ -177,6 +234,14 @@ def _build_backend(sources: dict[str, Path], tmp: Path, out: Path, cfg: BuildCon
                     ) from None
                 raise
         return {"providers": providers()}
+    if cfg.backend == "openvino":
+        from fastdavs.engines.openvino_engine import convert, inference_precision
+
+        for graph in GRAPHS:
+            precision = cfg.precision if graph == "frames" else "fp32"
+            dst = tmp / artifact_name(cfg.backend, graph)
+            convert(sources[graph], dst, precision, feeds if graph == "frames" else None)
+        return {"openvino_inference_precision": inference_precision(cfg.precision)}
     from fastdavs.engines.tensorrt_engine import TensorRTBuilder
 
     # The previous engine's cache, if --out is one: its tactic timings are reused.
@@ -194,7 +259,19 @@ def _build_backend(sources: dict[str, Path], tmp: Path, out: Path, cfg: BuildCon
     return {"gpu": torch.cuda.get_device_name(), "tensorrt": builder.trt.__version__}
 
 
-def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> dict:
+def _compute_dtype(cfg: BuildConfig, extra: dict) -> str:
+    """What the frame graph computes in, as config.json records it."""
+    if cfg.precision == "int8":
+        if cfg.backend == "openvino":
+            rest = "bfloat16" if extra["openvino_inference_precision"] == "bf16" else "float32"
+            return f"int8 (NNCF), other ops {rest}"
+        return "int8 QDQ"
+    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[cfg.precision]
+
+
+def _metadata(
+    model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict, data: Path | None
+) -> dict:
     from fastdavs.engines.onnxruntime_engine import host_cpu
 
     versions = {
@@ -203,18 +280,21 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
         "onnx": onnx.__version__,
         "python": platform.python_version(),
     }
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    packages = ["onnxruntime"]  # the exporter's check and ONNX Runtime's quantizer
+    if cfg.backend == "openvino":
+        packages += ["openvino", "nncf"] if cfg.precision == "int8" else ["openvino"]
+    for package in packages:
+        with contextlib.suppress(ImportError):
+            versions[package] = importlib.import_module(package).__version__
     if "tensorrt" in extra:
         versions["tensorrt"] = extra.pop("tensorrt")
     build = dataclasses.asdict(cfg)
     build["batch"] = list(cfg.batch)
+    if data is not None:
+        build["calibration_data"] = str(data.resolve())
     s = model.cfg.image_size
     identity = identity_shapes(model.cfg)
+    isa = [flag for flag, present in machine_info()["isa"].items() if present]
     return {
         "format": engine_dir.FORMAT,
         "format_version": engine_dir.FORMAT_VERSION,
@@ -232,7 +312,7 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
             },
             "frames": {
                 "precision": cfg.precision,
-                "compute_dtype": str(DTYPES.get(cfg.precision, "int8 QDQ")).removeprefix("torch."),
+                "compute_dtype": _compute_dtype(cfg, extra),
                 "inputs": {
                     "mfcc": ["N", model.cfg.mfcc_steps, model.cfg.mfcc_coeffs],
                     **{name: [1, *shape] for name, shape in identity.items()},
@@ -244,5 +324,5 @@ def _metadata(model, ckpt: Path, cfg: BuildConfig, tmp: Path, extra: dict) -> di
             graph: artifact_entry(tmp / artifact_name(cfg.backend, graph)) for graph in GRAPHS
         },
         "versions": versions,
-        "host": {"machine": platform.machine(), "cpu": host_cpu(), **extra},
+        "host": {"machine": platform.machine(), "cpu": host_cpu(), "isa": isa, **extra},
     }

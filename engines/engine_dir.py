@@ -1,8 +1,10 @@
 """The engine directory: what `fastdavs-build-engine` writes and `fastdavs.engines.load` reads.
 
     DIR/
-        identity.onnx | identity.plan   identity graph (ONNX Runtime optimised graph | TensorRT
-        frames.onnx   | frames.plan     plan) and frame graph (in the build's precision)
+        identity.onnx | .plan | .xml    identity graph (ONNX Runtime optimised graph | TensorRT
+        frames.onnx   | .plan | .xml    plan | OpenVINO IR) and frame graph (in the build's
+                                        precision)
+        identity.bin, frames.bin        OpenVINO only: the IR's weights
         timing.cache                    TensorRT only: tactic timings, reused by the next build
         config.json                     written last: format, backend, precision, model config,
                                         build config, versions, host, checkpoint digest, the size
@@ -34,16 +36,25 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 TIMING_CACHE = "timing.cache"
 GRAPHS = ("identity", "frames")
-SUFFIX = {"onnxruntime": ".onnx", "tensorrt": ".plan"}
+SUFFIX = {"onnxruntime": ".onnx", "tensorrt": ".plan", "openvino": ".xml"}
+# Backends whose graph file has a second file beside it: (its key in the artifact entry, suffix).
+WEIGHTS = {"openvino": ("weights", ".bin")}
 
 
 def artifact_name(backend: str, graph: str) -> str:
+    """The file a backend loads a graph from."""
     return graph + SUFFIX[backend]
 
 
 def artifact_entry(path: Path) -> dict:
-    """Manifest entry of a written artifact: its name, size and SHA-256."""
-    return {"file": path.name, **file_entry(path)}
+    """Manifest entry of a written artifact: its name, size and SHA-256, and those of its
+    weights file where the backend (by the suffix) has one."""
+    entry = {"file": path.name, **file_entry(path)}
+    for backend, (key, suffix) in WEIGHTS.items():
+        if path.suffix == SUFFIX[backend]:
+            weights = path.with_suffix(suffix)
+            entry[key] = {"file": weights.name, **file_entry(weights)}
+    return entry
 
 
 def read_config(path: str | Path) -> dict:
@@ -72,6 +83,13 @@ def read_config(path: str | Path) -> dict:
         if not (isinstance(entry, dict) and entry.get("file") == name):
             raise EngineError(f"{cfg_file}: no valid artifact entry for {name}; {rebuild}")
         entries[name] = entry
+        if backend in WEIGHTS:
+            key, suffix = WEIGHTS[backend]
+            weights = entry.get(key)
+            name = graph + suffix
+            if not (isinstance(weights, dict) and weights.get("file") == name):
+                raise EngineError(f"{cfg_file}: no valid artifact entry for {name}; {rebuild}")
+            entries[name] = weights
     manifest.check_files(path, entries, cfg_file, EngineError, rebuild)
     return meta
 

@@ -21,9 +21,11 @@ inside the graph, so a clip never copies its skip features N times on the host.
 Precision comes from the graph itself (what TensorRT's strongly typed networks need): an fp16
 graph is exported from a copy of the modules cast to float16, with float32 inputs and outputs
 (casts at the graph's edges); int8 is the fp32 graph with QDQ nodes from ONNX Runtime's static
-quantization (`quantize.py`). bf16 is not offered: ONNX's Conv accepts bfloat16 only from opset
-22, and torch's TorchScript exporter writes at most opset 20. The identity graph is always
-float32: it runs once per face and its features feed every frame.
+quantization (`quantize.py`). No bf16 graph is exported: ONNX's Conv accepts bfloat16 only from
+opset 22, and torch's TorchScript exporter writes at most opset 20; OpenVINO's bf16 and int8
+engines start from the fp32 graph (`openvino_engine.py`). The identity graph is always float32:
+it runs once per face and its features feed every frame. What is exported is the model after
+the export-time rewrites (`rewrite.py`: BatchNorm folded, stride-1 ConvTranspose2d as Conv2d).
 
 Opset 17: every op here (Conv, ConvTranspose, BatchNormalization, Resize, Gemm, LeakyRelu,
 per-channel QuantizeLinear) is in it with the types used, TensorRT 10 and 11's ONNX parser and

@@ -6,7 +6,7 @@
 
 `identity` runs once per face; `frames` decodes any number of frames of one identity, in chunks
 of the engine's maximum batch. Inputs are torch tensors or NumPy arrays (float32); outputs are
-torch float32 tensors, on the CPU for ONNX Runtime and on the GPU for TensorRT.
+torch float32 tensors, on the CPU for ONNX Runtime and OpenVINO and on the GPU for TensorRT.
 """
 
 from __future__ import annotations
@@ -136,10 +136,11 @@ def load(path: str | Path, checkpoint: str | Path | None = None, threads: int = 
         path: the directory `fastdavs-build-engine --out` wrote.
         checkpoint: optional; refuse the engine unless it was built from this checkpoint (or run
             directory's latest checkpoint), compared by the SHA-256 of its weights.
-        threads: ONNX Runtime intra-op threads (0: its default, one per core).
+        threads: ONNX Runtime / OpenVINO inference threads (0: their default, one per core).
     Raises:
         EngineError: missing or edited config.json, damaged artifact, other checkpoint;
-        BackendUnavailable: the engine's backend cannot run here (TensorRT or a GPU missing).
+        BackendUnavailable: the engine's backend cannot run here (TensorRT or a GPU, OpenVINO
+            missing); EngineError also for a bf16 OpenVINO engine on a CPU without native bf16.
     """
     path = Path(path)
     meta = read_config(path)
@@ -154,16 +155,24 @@ def load(path: str | Path, checkpoint: str | Path | None = None, threads: int = 
             )
     backend = meta["backend"]
     files = {graph: path / artifact_name(backend, graph) for graph in GRAPHS}
-    if backend == "onnxruntime":
-        from fastdavs.engines.onnxruntime_engine import OnnxRuntimeSession, host_cpu
+    if backend in ("onnxruntime", "openvino"):
+        from fastdavs.engines.onnxruntime_engine import host_cpu
 
         built_on = meta.get("host", {}).get("cpu")
         if built_on and built_on != host_cpu():
             log.warning(
-                "%s was optimised on a %s and this is a %s: if it runs slowly or not at all, "
+                "%s was built on a %s and this is a %s: if it runs slowly or not at all, "
                 "rebuild it here", path, built_on, host_cpu(),
             )  # fmt: skip
+    if backend == "onnxruntime":
+        from fastdavs.engines.onnxruntime_engine import OnnxRuntimeSession
+
         sessions = {g: OnnxRuntimeSession(f, threads) for g, f in files.items()}
+    elif backend == "openvino":
+        from fastdavs.engines.openvino_engine import OpenVinoSession
+
+        precision = {"identity": "fp32", "frames": meta["build"]["precision"]}
+        sessions = {g: OpenVinoSession(f, precision[g], threads) for g, f in files.items()}
     else:
         from fastdavs.engines.tensorrt_engine import TensorRTSession
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from fastdavs import __version__
 from fastdavs.config import ConfigError, DavsConfig
-from fastdavs.errors import CheckpointError
+from fastdavs.errors import CheckpointError, DataError
 from fastdavs.manifest import check_files, file_entry, read_config
 from fastdavs.model import DavsModel
 
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 FORMAT = "fastdavs-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
+RUN_FILE = "run.json"  # how a run was made (the trainer writes it); its "data" is the shards read
 LATEST = "latest"
 TMP = ".tmp-"  # prefix of everything a save has not finished (or is deleting)
 MODEL, OPTIM, OPTIM_JSON = "model.safetensors", "optim.safetensors", "optim.json"
@@ -329,6 +330,31 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """
     found = _find_latest(Path(run_dir) / CHECKPOINTS, [])
     return found[0] if found else None
+
+
+def run_dir(ckpt: Path) -> Path | None:
+    """The run directory holding checkpoint `ckpt` (RUN/checkpoints/NAME), if it is in one."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else None
+
+
+def run_data(ckpt: Path, option: str = "--data") -> Path:
+    """The prepared shards the run holding checkpoint `ckpt` was trained on, from RUN/run.json.
+    Raises DataError whose message ends with what to do: pass `option` DIR."""
+    run = run_dir(ckpt)
+    if run is None:
+        raise DataError(f"{ckpt}: not inside a run directory; pass {option} DIR (prepared shards)")
+    path = run / RUN_FILE
+    try:
+        data = json.loads(path.read_text()).get("data")
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: missing, so the run's data is unknown; pass {option} DIR"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: unreadable ({e}); pass {option} DIR") from None
+    if not isinstance(data, str) or not data:
+        raise DataError(f'{path}: has no "data" entry; pass {option} DIR')
+    return Path(data)
 
 
 def _find_latest(ckpt_dir: Path, problems: list[str]) -> tuple[Path, dict] | None:

@@ -23,11 +23,17 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.checkpoint import CHECKPOINTS, TRAINER, latest_checkpoint, load_model
+from fastdavs.checkpoint import (
+    CHECKPOINTS,
+    TRAINER,
+    latest_checkpoint,
+    load_model,
+    run_data,
+    run_dir,
+)
 from fastdavs.cli import Parser, run
 from fastdavs.errors import DataError, FastdavsError
 from fastdavs.evaluate import check_writable, evaluate, format_table, write_results
-from fastdavs.trainer import RUN_FILE
 
 PROG = "fastdavs-eval"
 RESULTS_FILE = "eval.json"
@@ -100,27 +106,6 @@ def _checkpoint(path: Path) -> Path:
     return path
 
 
-def _run_dir(ckpt: Path) -> Path | None:
-    """The run directory holding checkpoint `ckpt` (RUN/checkpoints/NAME), if it is in one."""
-    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else None
-
-
-def _run_data(run_dir: Path | None, ckpt: Path) -> Path:
-    """The prepared shards a run was trained on, from RUN/run.json."""
-    if run_dir is None:
-        raise DataError(f"{ckpt}: not inside a run directory; pass --data DIR (prepared shards)")
-    path = run_dir / RUN_FILE
-    try:
-        data = json.loads(path.read_text()).get("data")
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing, so the run's data is unknown; pass --data DIR") from None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
-        raise DataError(f"{path}: unreadable ({e}); pass --data DIR") from None
-    if not isinstance(data, str) or not data:
-        raise DataError(f'{path}: has no "data" entry; pass --data DIR')
-    return Path(data)
-
-
 def _trained_to(ckpt: Path) -> dict | None:
     """{"stage", "step"} of the trainer state saved with `ckpt` (verified by load_model)."""
     state = json.loads((ckpt / TRAINER).read_text())
@@ -142,11 +127,11 @@ def _evaluate(argv: Sequence[str] | None) -> None:
         raise FastdavsError(f"--device {device}: CUDA is not available here; use --device cpu")
     ckpt = _checkpoint(Path(args.run_dir))
     model = load_model(ckpt)
-    run_dir = _run_dir(ckpt)
-    data = Path(args.data) if args.data else _run_data(run_dir, ckpt)
-    out = Path(args.out) if args.out else (run_dir or ckpt) / RESULTS_FILE
+    run = run_dir(ckpt)
+    data = Path(args.data) if args.data else run_data(ckpt)
+    out = Path(args.out) if args.out else (run or ckpt) / RESULTS_FILE
     check_writable(out)  # before the evaluation, not after it
-    ablation = _ablation(args.ablation, run_dir, args.split)  # likewise
+    ablation = _ablation(args.ablation, run, args.split)  # likewise
     results = evaluate(model, data, split=args.split, batch_size=args.batch_size, device=device)
     results["checkpoint"] = str(ckpt)
     results["trained_to"] = _trained_to(ckpt)

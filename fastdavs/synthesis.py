@@ -144,7 +144,7 @@ class Synthesizer:
             path: the engine directory.
             checkpoint: optional; refuse the engine unless it was built from this checkpoint.
             batch_size: frames per call (the engine splits further at its own maximum batch).
-            threads: ONNX Runtime intra-op threads (0: one per core).
+            threads: ONNX Runtime / OpenVINO inference threads (0: one per core).
 
         Raises:
             EngineError: bad or mismatched engine; BackendUnavailable: its backend is missing.
@@ -156,7 +156,7 @@ class Synthesizer:
 
     @property
     def backend(self) -> str:
-        """ "eager" or the engine's backend ("onnxruntime", "tensorrt")."""
+        """ "eager" or the engine's backend ("onnxruntime", "openvino", "tensorrt")."""
         return "eager" if self.engine is None else self.engine.backend
 
     def _autocast(self):

@@ -45,7 +45,7 @@ from tqdm import tqdm
 import fastdavs
 from fastdavs import steps
 from fastdavs.atomic import write_json, write_text
-from fastdavs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fastdavs.checkpoint import RUN_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
@@ -56,8 +56,6 @@ from fastdavs.runlog import plot_losses, sample_grid, sample_video
 from fastdavs.train_step import TrainStep, retain_heap
 
 log = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"  # how the run was made; fastdavs-eval reads its "data"
 
 
 class TrainingError(FastdavsError):

@@ -1,7 +1,9 @@
 """Engines: ONNX export and ONNX Runtime parity with eager PyTorch (tiny and small presets, both
-generators: the davs decoder and the mouth editor), the engine directory's round trip and every
-refusal (tampered artifact, edited config.json, other checkpoint, missing backend), the
-command's errors, the Synthesizer's engine path against its eager one, and the TensorRT
+generators: the davs decoder and the mouth editor), the export-time rewrites one by one, int8
+calibration on real shards, OpenVINO parity and reload in every precision this CPU supports
+(bf16 skips without native bf16), `--backend auto`'s choice, the engine directory's round trip
+and every refusal (tampered artifact, edited config.json, other checkpoint, missing backend),
+the command's errors, the Synthesizer's engine path against its eager one, and the TensorRT
 builder's logic against `FakeTensorRT`, a stand-in module (not TensorRT) that records the
 calls. Real TensorRT tests are marked `gpu` and skip cleanly without a GPU or without TensorRT."""
 
@@ -13,38 +15,46 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
 from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
+from fastdavs.data.shards import ShardSet
 from fastdavs.engines import (
     BackendUnavailable,
     BuildConfig,
     EngineError,
     IdentityCache,
     ParityError,
+    auto,
     build_engine,
     load,
 )
 from fastdavs.engines import build as cli
 from fastdavs.engines import builder as builder_module
+from fastdavs.engines.calibration import calibration_feeds, heldout_inputs
 from fastdavs.engines.engine_dir import CONFIG, artifact_entry
 from fastdavs.engines.export import (
     MFCC_STD,
+    FrameGraph,
+    IdentityGraph,
     export_frames,
     export_identity,
     identity_shapes,
     reference_model,
 )
 from fastdavs.engines.parity import TOLERANCES
+from fastdavs.engines.rewrite import fold_batchnorms, for_export, transposed_as_conv
 from fastdavs.engines.tensorrt_engine import (
     TensorRTBuilder,
     import_tensorrt,
     profile_shapes,
     require_gpu,
 )
+from fastdavs.errors import DataError
 from fastdavs.metrics import psnr
 from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.synthesis import Synthesizer
@@ -72,6 +82,15 @@ def _checkpoint(
             ident = model.encode_identity(torch.rand(4, 3, s, s))
             model.generate(ident, model.encode_audio(MFCC_STD * torch.randn(4, 3, 20, 12)))
     return save_checkpoint(root, "step_000001", model.eval())
+
+
+def _inputs(precision: str, shards: Path, frames: int, seed: int = 0):
+    """A face [1, 3, 32, 32] and mfcc [frames, 20, 12]: random, or for int8 engines (calibrated
+    on real data, and held to parity on it) a real clip's that calibration did not read."""
+    if precision == "int8":
+        return heldout_inputs(shards, TINY.image_size, frames, seed)[:2]
+    s = TINY.image_size
+    return torch.rand(1, 3, s, s), MFCC_STD * torch.randn(frames, 20, 12)
 
 
 def _eager(ckpt: Path, images: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
@@ -178,8 +197,9 @@ def test_exported_graphs_have_dynamic_batch_and_opset_17(ckpt_of, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_precision_keeps_parity_and_records_it(precision, ckpt_of, tmp_path):
-    out = build_engine(ckpt_of, tmp_path / precision, BuildConfig(precision=precision))
+def test_reduced_precision_keeps_parity_and_records_it(precision, ckpt_of, shards, tmp_path):
+    cfg = BuildConfig(precision=precision, calibration_data=str(shards))
+    out = build_engine(ckpt_of, tmp_path / precision, cfg)
     meta = json.loads((out / CONFIG).read_text())
     graph = onnx.load(out / "frames.onnx")
     ops = {n.op_type for n in graph.graph.node}
@@ -187,15 +207,15 @@ def test_reduced_precision_keeps_parity_and_records_it(precision, ckpt_of, tmp_p
         assert ops & {"QLinearConv", "ConvInteger", "QuantizeLinear", "DequantizeLinear"}
     assert meta["parity"]["psnr_min_db"] >= TOLERANCES[precision][1]
     assert 0 < meta["parity"]["max_abs"] <= TOLERANCES[precision][0]  # really reduced
-    s = TINY.image_size
-    images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(6, 20, 12)
+    images, mfcc = _inputs(precision, shards, 6)
+    assert meta["parity"]["inputs"].startswith("random" if precision == "fp16" else "val clip ")
     engine = load(out)
     frames = engine.frames(mfcc, engine.identity(images))
     assert psnr(frames, _eager(ckpt_of, images, mfcc)).min() >= 35
 
 
-def test_bf16_is_refused_with_the_reason(tiny_ckpt, tmp_path):
-    with pytest.raises(EngineError, match="opset 22"):
+def test_bf16_is_refused_with_onnx_graphs_with_the_reason(tiny_ckpt, tmp_path):
+    with pytest.raises(EngineError, match="opset 22.*--backend openvino"):
         build_engine(tiny_ckpt, tmp_path / "bf16", BuildConfig(precision="bf16"))
     assert not (tmp_path / "bf16").exists()
 
@@ -218,13 +238,14 @@ def test_parity_violation_fails_the_build_and_writes_nothing(ckpt_of, tmp_path, 
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no DIR.tmp-* left either
 
 
-def test_synthesizer_engine_matches_eager(ckpt_of, tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_synthesizer_engine_matches_eager(backend, ckpt_of, tmp_path):
     """`Synthesizer.from_engine` and `.from_checkpoint` on one face and 13 MFCC windows (in
     passes of 5 frames): the same frames, and those of the model's own `generate`."""
-    engine = build_engine(ckpt_of, tmp_path / "eng", BuildConfig(batch=BATCH))
+    engine = build_engine(ckpt_of, tmp_path / "eng", BuildConfig(backend, batch=BATCH))
     eager = Synthesizer.from_checkpoint(ckpt_of, batch_size=5)
-    fast = Synthesizer.from_engine(engine, ckpt_of, batch_size=5)
-    assert (eager.backend, fast.backend) == ("eager", "onnxruntime")
+    fast = Synthesizer.from_engine(engine, ckpt_of, batch_size=5, threads=1)
+    assert (eager.backend, fast.backend) == ("eager", backend)
     face, mfcc = torch.rand(3, 32, 32), MFCC_STD * torch.randn(13, 20, 12)
     ident = eager.identity(face)
     assert [tuple(t.shape[1:]) for t in ident] == list(identity_shapes(eager.config).values())
@@ -232,6 +253,250 @@ def test_synthesizer_engine_matches_eager(ckpt_of, tmp_path):
     assert frames.shape == (13, 3, 32, 32) and (frames - frames[:1]).abs().max() > 1e-3
     torch.testing.assert_close(frames, _eager(ckpt_of, face[None], mfcc), rtol=0, atol=1e-5)
     torch.testing.assert_close(fast.frames(mfcc, fast.identity(face)), frames, rtol=0, atol=1e-4)
+
+
+# ---- export-time rewrites ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kernel, padding, channels, bias",
+    [
+        (3, 1, (8, 5), True),
+        (3, 1, (5, 3), False),
+        (5, 2, (4, 7), True),
+        ((3, 5), (1, 2), (6, 6), True),
+    ],
+)
+def test_stride1_conv_transpose_is_a_conv_with_flipped_weights(kernel, padding, channels, bias):
+    convt = torch.nn.ConvTranspose2d(*channels, kernel, padding=padding, bias=bias)
+    conv = transposed_as_conv(convt)
+    assert isinstance(conv, torch.nn.Conv2d)
+    x = torch.randn(3, channels[0], 11, 14)  # non-square, odd sizes
+    with torch.no_grad():
+        ref = convt(x)
+        torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-5)
+    assert ref.shape == (3, channels[1], 11, 14) and ref.abs().max() > 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 4},  # the davs stem: 1x1 -> 4x4 would become a 4x4 conv over 7x7
+        {"kernel_size": 3, "padding": 1, "stride": 2, "output_padding": 1},
+        {"kernel_size": 3, "padding": 1, "groups": 2},
+        {"kernel_size": 3, "padding": 1, "dilation": 2},
+    ],
+)
+def test_other_conv_transposes_are_left_alone(kwargs):
+    assert transposed_as_conv(torch.nn.ConvTranspose2d(4, 6, **kwargs)) is None
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_batchnorm_folds_into_the_convolution_before_it(transposed):
+    conv_type = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+    block = torch.nn.Sequential(conv_type(5, 7, 4, bias=False), torch.nn.BatchNorm2d(7))
+    with torch.no_grad():  # statistics and affine parameters far from the defaults
+        block[1].running_mean.normal_(0, 2)
+        block[1].running_var.uniform_(0.1, 3)
+        block[1].weight.normal_(1, 0.5)
+        block[1].bias.normal_(0, 1)
+    block.eval()
+    x = torch.randn(2, 5, 6, 6)
+    with torch.no_grad():
+        ref = block(x)
+        assert fold_batchnorms(block) == 1
+        torch.testing.assert_close(block(x), ref, rtol=1e-5, atol=1e-5)
+    assert isinstance(block[1], torch.nn.Identity) and block[0].bias is not None
+
+
+def test_rewritten_graphs_compute_the_same_without_batchnorm(ckpt_of, tmp_path):
+    """The whole rewrite on both generators: the same identity tensors and frames as the
+    model, and graphs without BatchNormalization and with ConvTranspose only where it is not
+    a stride-1 "same" convolution (the davs stem)."""
+    model = reference_model(ckpt_of)
+    rewritten = for_export(model)
+    s = model.cfg.image_size
+    images, mfcc = torch.rand(1, 3, s, s), MFCC_STD * torch.randn(6, 20, 12)
+    with torch.no_grad():
+        ident = IdentityGraph(model)(images)
+        for a, b in zip(ident, IdentityGraph(rewritten)(images), strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+        ref = FrameGraph(model)(mfcc, *ident)
+        torch.testing.assert_close(FrameGraph(rewritten)(mfcc, *ident), ref, rtol=0, atol=1e-5)
+    assert model.generator is not rewritten.generator  # a copy: the model is left as trained
+    ops = {}
+    for graph, path in [
+        ("identity", export_identity(rewritten, tmp_path / "identity.onnx")),
+        ("frames", export_frames(rewritten, tmp_path / "frames.onnx")),
+    ]:
+        ops[graph] = [n.op_type for n in onnx.load(path).graph.node]
+        assert "BatchNormalization" not in ops[graph]
+    assert ops["frames"].count("ConvTranspose") == (1 if model.cfg.generator == "davs" else 0)
+    plain = [n.op_type for n in onnx.load(export_frames(model, tmp_path / "p.onnx")).graph.node]
+    if model.cfg.generator == "davs":  # what the rewrite took out
+        assert plain.count("ConvTranspose") == 3 and "BatchNormalization" in plain
+
+
+# ---- int8 calibration on real data ------------------------------------------------------------
+def test_calibration_feeds_are_real_faces_and_their_speech(tiny_ckpt, shards):
+    model = reference_model(tiny_ckpt)
+    feeds = calibration_feeds(model, shards, frames=24)
+    assert len(feeds) == 3  # ceil(24 / 8) clips, 8 windows each
+    data = ShardSet(shards, "train")
+    names = list(identity_shapes(model.cfg))
+    for feed in feeds:
+        assert list(feed) == ["mfcc", *names] and feed["mfcc"].shape == (8, 20, 12)
+        # the windows are one clip's own, spread over it; the face is that clip's first frame
+        (clip,) = [
+            i for i in range(len(data))
+            if np.array_equal(data.mfcc(i)[[0, 24]].astype(np.float32), feed["mfcc"][[0, -1]])
+        ]  # fmt: skip
+        c = (data.aligned_size - 32) // 2
+        face = torch.from_numpy(data.frames(clip)[0, c : c + 32, c : c + 32].copy())
+        face = face.permute(2, 0, 1)[None].float() / 255
+        assert np.array_equal(feed["image"], face.numpy())  # the editor's cache is the face
+    faces = {feed["image"].tobytes() for feed in feeds}
+    assert len(faces) == 3
+
+
+def test_int8_calibrates_on_the_runs_data_or_refuses(tiny_ckpt, shards, tmp_path):
+    run = tiny_ckpt.parent.parent
+    with pytest.raises(DataError, match=r"run\.json: missing.*--calibration-data"):
+        build_engine(tiny_ckpt, tmp_path / "e", BuildConfig(precision="int8"))
+    with pytest.raises(EngineError, match="--calibration-data.*no shard index"):
+        build_engine(
+            tiny_ckpt, tmp_path / "e", BuildConfig(precision="int8", calibration_data=str(tmp_path))
+        )
+    assert not (tmp_path / "e").exists()
+    (run / "run.json").write_text(json.dumps({"data": str(shards)}))
+    try:
+        out = build_engine(
+            tiny_ckpt, tmp_path / "e", BuildConfig(precision="int8", calibration_frames=16)
+        )
+    finally:
+        (run / "run.json").unlink()
+    assert json.loads((out / CONFIG).read_text())["build"]["calibration_data"] == str(
+        shards.resolve()
+    )
+
+
+# ---- OpenVINO ---------------------------------------------------------------------------------
+def _native_bf16() -> bool:
+    from fastdavs.engines.openvino_engine import native_bf16
+
+    return native_bf16()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_openvino_engine_matches_eager_and_reloads(precision, ckpt_of, shards, tmp_path):
+    if precision == "bf16" and not _native_bf16():
+        pytest.skip("no native bf16 on this CPU: OpenVINO bf16 engines are refused here")
+    cfg = BuildConfig("openvino", precision, BATCH, calibration_data=str(shards))
+    out = build_engine(ckpt_of, tmp_path / "ov", cfg)
+    meta = json.loads((out / CONFIG).read_text())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "frames.bin", "frames.xml", "identity.bin", "identity.xml",
+    ]  # fmt: skip
+    assert meta["artifacts"]["frames"]["weights"]["file"] == "frames.bin"
+    assert "openvino" in meta["versions"] and ("nncf" in meta["versions"]) == (precision == "int8")
+    assert meta["host"]["cpu"] and meta["build"]["precision"] == precision
+    max_abs, min_psnr = TOLERANCES[precision]
+    assert meta["parity"]["psnr_min_db"] >= min_psnr and meta["parity"]["max_abs"] <= max_abs
+    images, mfcc = _inputs(precision, shards, 11)  # 11 > max batch
+    engine = load(out, checkpoint=ckpt_of, threads=1)
+    assert (engine.backend, engine.precision) == ("openvino", precision)
+    ident = engine.identity(images)
+    frames = engine.frames(mfcc, ident)
+    ref = _eager(ckpt_of, images, mfcc)
+    assert frames.shape == ref.shape and ref.std() > 0.01
+    err = (frames - ref).abs().max()
+    if precision == "fp32":
+        assert err < 1e-4 and psnr(frames, ref).min() > 80
+    else:  # really reduced, and within the tolerance
+        assert 1e-5 < err <= max_abs and psnr(frames, ref).min() >= min_psnr
+    again = load(out, threads=1)  # a fresh compile of the same IR: the same frames
+    torch.testing.assert_close(
+        again.frames(mfcc, again.identity(images)), frames, rtol=0, atol=1e-6
+    )
+    if precision == "int8":  # NNCF's FakeQuantize nodes are in the saved IR
+        assert b"FakeQuantize" in (out / "frames.xml").read_bytes()
+
+
+def test_openvino_refusals(tiny_ckpt, tmp_path, monkeypatch):
+    with pytest.raises(EngineError, match="fp16 is not offered with OpenVINO"):
+        build_engine(tiny_ckpt, tmp_path / "e", BuildConfig("openvino", "fp16"))
+    monkeypatch.setenv("FASTDAVS_NATIVE_BF16", "0")  # as on a CPU without native bf16
+    with pytest.raises(EngineError, match="bf16: this CPU has no native bf16.*int8 or fp32"):
+        build_engine(tiny_ckpt, tmp_path / "e", BuildConfig("openvino", "bf16"))
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(
+        BackendUnavailable, match=r"OpenVINO is not installed.*pip install openvino=="
+    ):
+        build_engine(tiny_ckpt, tmp_path / "e", BuildConfig("openvino"))
+    assert not (tmp_path / "e").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def openvino_engine(tiny_ckpt, tmp_path_factory) -> Path:
+    return build_engine(
+        tiny_ckpt, tmp_path_factory.mktemp("ov") / "tiny", BuildConfig("openvino", batch=BATCH)
+    )
+
+
+def test_openvino_engine_with_damaged_weights_or_entry_is_refused(openvino_engine, tmp_path):
+    copy_ = Path(shutil.copytree(openvino_engine, tmp_path / "copy"))
+    data = bytearray((copy_ / "frames.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy_ / "frames.bin").write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=r"frames\.bin: checksum mismatch.*rebuild"):
+        load(copy_)
+    _edit(copy_, lambda m: m["artifacts"]["identity"].pop("weights"))
+    with pytest.raises(EngineError, match=r"no valid artifact entry for identity\.bin"):
+        load(copy_)
+
+
+def test_bf16_openvino_engine_is_refused_on_a_cpu_without_it(ckpt_of, tmp_path, monkeypatch):
+    if not _native_bf16():
+        pytest.skip("no native bf16 on this CPU: no bf16 engine to load")
+    out = build_engine(ckpt_of, tmp_path / "bf16", BuildConfig("openvino", "bf16", BATCH))
+    monkeypatch.setenv("FASTDAVS_NATIVE_BF16", "0")
+    with pytest.raises(EngineError, match=r"frames\.xml: a bf16 engine.*no native bf16.*rebuild"):
+        load(out)
+
+
+# ---- --backend auto ---------------------------------------------------------------------------
+def test_auto_builds_the_candidates_and_keeps_the_fastest(tiny_ckpt, tmp_path, monkeypatch):
+    """The choice follows the measurement (faked here, to be deterministic: timing is the
+    benchmarks' job); every candidate is recorded, and nothing but OUT is left."""
+    speed = {("onnxruntime", "fp32"): 10.0, ("openvino", "fp32"): 30.0, ("openvino", "bf16"): 20.0}
+    measured = []
+
+    def fake_fps(engine, batch, budget_s=0):
+        measured.append((engine.backend, engine.precision, batch))
+        return speed[engine.backend, engine.precision]
+
+    monkeypatch.setattr(auto, "frames_per_second", fake_fps)
+    out = build_engine(tiny_ckpt, tmp_path / "e", BuildConfig("auto", "fp32", BATCH))
+    meta = json.loads((out / CONFIG).read_text())
+    assert (meta["backend"], meta["build"]["precision"]) == ("openvino", "fp32")
+    selection = meta["selection"]
+    assert selection["chosen"] == "openvino fp32" and selection["batch"] == BATCH[1]
+    assert selection["candidates"]["onnxruntime fp32"]["fps"] == 10.0
+    assert selection["candidates"]["onnxruntime fp32"]["psnr_min_db"] >= 60
+    assert "TensorRT is not available" in selection["candidates"]["tensorrt fp32"]["skipped"]
+    assert sorted(measured) == [("onnxruntime", "fp32", 4), ("openvino", "fp32", 4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    load(out)  # a complete engine directory
+    # int8 without calibration data is left out with the reason, not fatal
+    out = build_engine(tiny_ckpt, tmp_path / "e", BuildConfig("openvino", "auto", BATCH))
+    candidates = json.loads((out / CONFIG).read_text())["selection"]["candidates"]
+    assert "--calibration-data" in candidates["openvino int8"]["skipped"]
+    assert "fp16 is not offered" in candidates["openvino fp16"]["skipped"]
+    if _native_bf16():
+        assert json.loads((out / CONFIG).read_text())["selection"]["chosen"] == "openvino fp32"
+
+
+def test_frames_per_second_measures_the_engine(openvino_engine):
+    fps = auto.frames_per_second(load(openvino_engine, threads=1), 4, budget_s=0.1)
+    assert fps > 0
 
 
 # ---- the engine directory ---------------------------------------------------------------------
@@ -357,10 +622,27 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
     )
     assert code == 2 and "bf16 is not offered" in err
 
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--precision", "int8", "--out", tmp_path / "e"
+    )
+    assert code == 2 and err.strip().count("\n") == 0 and "pass --calibration-data DIR" in err
+
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--checkpoint", str(tiny_ckpt), "--batch", "4:2:8", "--out", "x"])
     assert exit_info.value.code == 2 and "need 1 <= MIN <= OPT <= MAX" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_cli_builds_openvino_int8_on_real_data(tiny_ckpt, shards, tmp_path, capsys):
+    out = tmp_path / "e"
+    code, err = _main(
+        capsys, "--checkpoint", tiny_ckpt, "--backend", "openvino", "--precision", "int8",
+        "--calibration-data", shards, "--no-rewrite", "--batch", "1:2:4", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((out / CONFIG).read_text())
+    assert meta["build"]["rewrite"] is False and meta["parity"]["inputs"].startswith("val clip")
+    assert load(out).precision == "int8"
 
 
 def test_cli_tensorrt_without_tensorrt(tiny_ckpt, tmp_path, capsys, monkeypatch):

@@ -234,10 +234,11 @@ def test_generate_with_driving_video(media, ckpt, tmp_path, capsys):
     assert abs(frames / 25 - 29 / 30) <= 1 / 25
 
 
-def test_engine_matches_eager_and_refuses_what_it_cannot_do(media, ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_engine_matches_eager_and_refuses_what_it_cannot_do(backend, media, ckpt, tmp_path, capsys):
     from fastdavs.engines import BuildConfig, build_engine
 
-    engine = build_engine(ckpt, tmp_path / "engine", BuildConfig(batch=(1, 8, 16)))
+    engine = build_engine(ckpt, tmp_path / "engine", BuildConfig(backend, batch=(1, 8, 16)))
     eager, fast = Synthesizer.from_checkpoint(ckpt), Synthesizer.from_engine(engine, ckpt)
     face = load_face(media["clip"], image_size=32).crop
     windows = AudioDriver(media["speech"]).windows(20, 60)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastdavs.audio import FIRST_FRAME, AudioError, audio_to_windows, mfcc
+from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.driving import AudioDriver
 from fastdavs.errors import FastdavsError
@@ -182,6 +183,26 @@ def test_face_stream_frames_equal_a_batch_call(synth, sizes):
     torch.testing.assert_close(
         torch.cat([o.images for o in scaled]), synth.frames(ref.mfcc, ident, wid_scale=1.5)
     )
+
+
+def test_face_stream_runs_an_openvino_engine_on_one_thread(synth, tmp_path):
+    """The stream with an OpenVINO engine (one inference thread, as for real time on a shared
+    machine): the engine's own batch frames, and the eager model's to float rounding."""
+    from fastdavs.engines import BuildConfig, build_engine
+
+    ckpt = save_checkpoint(tmp_path / "run", "step_000001", synth.model)
+    engine = build_engine(ckpt, tmp_path / "ov", BuildConfig("openvino", batch=(1, 8, 16)))
+    fast = Synthesizer.from_engine(engine, ckpt, batch_size=8, threads=1)
+    compiled = fast.engine.sessions["frames"].compiled
+    assert fast.backend == "openvino" and compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    s = fast.config.image_size
+    ident = fast.identity(torch.rand(3, s, s))
+    x = speechlike(1.0)
+    outs = run_stream(FaceStream(fast, ident), x, "random")
+    images = torch.cat([o.images for o in outs])
+    ref = clip_windows(torch.from_numpy(x))
+    torch.testing.assert_close(images, fast.frames(ref.mfcc, ident), rtol=0, atol=1e-6)
+    torch.testing.assert_close(images, synth.frames(ref.mfcc, ident), rtol=0, atol=1e-4)
 
 
 def test_errors(synth):
