@@ -72,10 +72,10 @@ def identity_shapes(cfg: DavsConfig) -> dict[str, tuple[int, ...]]:
 def decode_frames(
     generator: nn.Module, identity: Sequence[torch.Tensor], wid: torch.Tensor
 ) -> torch.Tensor:
-    """Frames of one face: its identity tensors (batch 1, as `IdentityGraph` gives them) are
-    broadcast to the N rows of wid [N, word_dim] -> generator.decode -> frames [N, 3, S, S]."""
-    n = wid.shape[0]
-    return generator.decode(*(t.expand(n, *t.shape[1:]) for t in identity), wid)
+    """Frames of one face: its identity tensors (batch 1, as `IdentityGraph` gives them) and
+    wid [N, word_dim] -> generator.decode, which broadcasts them over the N rows -> frames
+    [N, 3, S, S]."""
+    return generator.decode(*identity, wid)
 
 
 class IdentityGraph(nn.Module):

@@ -80,12 +80,14 @@ class Generator(nn.Module):
 
     def decode(self, pid: torch.Tensor, skip: torch.Tensor, wid: torch.Tensor) -> torch.Tensor:
         """One frame per row: pid [N, pid_dim], skip [N, ch(160), H/8, W/8], wid [N, word_dim]
-        -> images [N, 3, H, W] in [0, 1]."""
-        x = torch.cat((pid, wid), 1)[:, :, None, None]  # [N, pid_dim + word_dim, 1, 1]
+        -> images [N, 3, H, W] in [0, 1]. pid and skip may have one row instead (one face's,
+        expanded to the N frames without a copy)."""
+        n = wid.shape[0]  # a traced size in ONNX export (len() would be a constant)
+        x = torch.cat((pid.expand(n, -1), wid), 1)[:, :, None, None]  # [N, pid + word, 1, 1]
         x = self.stem(x)  # [N, ch(512), 4, 4]
         for i, stage in enumerate(self.stages):
             if i == self.skip_stage:  # skip first, as the original
-                x = torch.cat((skip, x), 1)  # [N, ch(160) + C, H/8, W/8]
+                x = torch.cat((skip.expand(n, -1, -1, -1), x), 1)  # [N, ch(160) + C, H/8, W/8]
             # The original's PyTorch 0.2 bilinear Upsample behaved like align_corners=True; that
             # only matters when loading its weights.
             x = F.interpolate(stage(x), scale_factor=2, mode="bilinear", align_corners=False)

@@ -168,20 +168,13 @@ class MouthEditor(nn.Module):
         batch; each face's tensors are broadcast over its T frames, not copied."""
         image, skip1, skip2, skip3 = identity
         B, T, D = wid.shape
-        wid = wid.reshape(B * T, D)
 
         def plus(x: torch.Tensor, per_face: torch.Tensor) -> torch.Tensor:
             """x [B*T, C, ...] + per_face [B, C, ...] broadcast over each face's T frames."""
             return (x.view(B, T, *x.shape[1:]) + per_face[:, None]).flatten(0, 1)
 
-        x = _lrelu(plus(self.word3(wid)[:, :, None, None], skip3))  # [B*T, C3, h/4, w/4]
-        x = self.dec3(x)
-        x = _lrelu(plus(self.up2(_up(x)) + self.word2(wid)[:, :, None, None], skip2))
-        x = self.dec2(x)  # [B*T, C2, h/2, w/2]
-        x = _lrelu(plus(self.up1(_up(x)), skip1))  # [B*T, C1, h, w]
-        residual = self.out(x) * self.feather  # [B*T, 3, h, w]
-        s, (top, bottom, left, right) = self.image_size, self.box
-        edit = F.pad(residual, (left, s - right, top, s - bottom))  # [B*T, 3, S, S], 0 outside
+        edit = self._edit(skip1, skip2, skip3, wid.reshape(B * T, D), plus)  # [B*T, 3, S, S]
+        s = self.image_size
         return _clamp01(image[:, None] + edit.view(B, T, 3, s, s))  # [B, T, 3, S, S]
 
     def decode(
@@ -192,6 +185,22 @@ class MouthEditor(nn.Module):
         skip3: torch.Tensor,
         wid: torch.Tensor,
     ) -> torch.Tensor:
-        """One frame per row: the EditorIdentity fields with N rows each (expanded views of one
-        face's are not copied), wid [N, word_dim] -> frames [N, 3, S, S] in [0, 1]."""
-        return self(EditorIdentity(image, skip1, skip2, skip3), wid[:, None])[:, 0]
+        """One frame per row: the EditorIdentity fields with N rows each, or with one row (one
+        face, broadcast over the N frames: no copy, and in an exported graph plain 4-D
+        broadcasting adds, which OpenVINO keeps in its blocked layouts where the 5-D views of
+        `forward` cost it layout reorders), wid [N, word_dim] -> frames [N, 3, S, S] in [0, 1]."""
+        return _clamp01(image + self._edit(skip1, skip2, skip3, wid, torch.add))
+
+    def _edit(
+        self, skip1: torch.Tensor, skip2: torch.Tensor, skip3: torch.Tensor, wid: torch.Tensor, plus
+    ) -> torch.Tensor:
+        """The decoder: wid [M, word_dim] and the skips -> the edit [M, 3, S, S], 0 outside the
+        edit box. `plus(x, skip)` adds a face's skip to the per-frame features x [M, ...]."""
+        x = _lrelu(plus(self.word3(wid)[:, :, None, None], skip3))  # [M, C3, h/4, w/4]
+        x = self.dec3(x)
+        x = _lrelu(plus(self.up2(_up(x)) + self.word2(wid)[:, :, None, None], skip2))
+        x = self.dec2(x)  # [M, C2, h/2, w/2]
+        x = _lrelu(plus(self.up1(_up(x)), skip1))  # [M, C1, h, w]
+        residual = self.out(x) * self.feather  # [M, 3, h, w]
+        s, (top, bottom, left, right) = self.image_size, self.box
+        return F.pad(residual, (left, s - right, top, s - bottom))  # [M, 3, S, S]
