@@ -10,7 +10,8 @@ parameters and compares:
 - in training mode BatchNorm normalises each rank's half by that half's statistics (no
   SyncBatchNorm), so a `gen` step (both sides, dropout, random soft labels) applies the
   average of the two halves' gradients, each half computed with its rank's random stream;
-- a NaN on one rank makes both ranks skip the step, and neither hangs.
+- a NaN on one rank makes both ranks skip the step, and neither hangs;
+- `torchrun -m fastdavs.train` runs the command with two processes end to end.
 Gradients, not weights after the steps, are compared: Adam moves a weight whose gradient is
 summation noise (a bias before a BatchNorm) by up to lr, so weights would differ where the
 exchange is right. Two steps per test, since DistributedDataParallel's first backward (static
@@ -20,6 +21,9 @@ graph) is not its later ones. Tolerance: 1e-4 relative plus 1e-5 of the side's l
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +37,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastdavs import steps
+from fastdavs.checkpoint import latest_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
 from fastdavs.train_step import TrainStep
@@ -232,3 +237,39 @@ def test_nan_on_one_rank_skips_the_step_on_both(tmp_path):
     assert [r["applied"].tolist() for r in ranks] == [[False, True]] * WORLD
     _assert_ranks_agree(ranks)
     assert any(not torch.equal(ranks[0]["params"][n], start[n]) for n in start)
+
+
+def test_torchrun_trains_with_two_processes(shards, tmp_path):
+    """The command under torchrun, as a user runs it: 2 steps of `wid`, one record per step."""
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a free port of the OS's choosing: parallel suites do not collide
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastdavs.train",
+        "--preset",
+        "tiny",
+        "--workers",
+        "0",
+        "--data",
+        str(shards),
+        "--out",
+        str(run),
+        "--stage",
+        "wid",
+        "--steps",
+        "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [1, 2]
+    # Each step saw one batch per process.
+    assert records[-1]["samples_per_s"] > 0
+    assert latest_checkpoint(run) is not None
