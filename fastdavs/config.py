@@ -46,6 +46,12 @@ class LossWeights:
     pid_uniform: float = 1e6  # pid -> word adversary, uniform-softmax target
     wid_uniform: float = 1e6  # wid -> person adversary, uniform-softmax target
     adversary_ce: float = 1.0  # classifier step of both adversaries
+    # Not in the original: the wid -> person objective with a classifier refitted in closed form
+    # at every step (`fastdavs.model.adversaries.PersonProbe`): KL(uniform || its softmax),
+    # audio + video, in wid and gen. It reads a clip's person through the person's other clips
+    # in the batch and in its bank of DavsConfig.probe_bank recent clips, so it wants batches
+    # with several clips per person (`OptimConfig.identity_group`).
+    probe_uniform: float = 0.0
     # Not in the original: the share of a batch's word-ID scatter that lies between identities
     # (`fastdavs.losses.identity_scatter_loss`, audio + video, in wid and gen). It needs batches
     # with several clips per identity (`OptimConfig.identity_group`).
@@ -117,6 +123,9 @@ class DavsConfig:
     kernel_backend: str = "auto"
     adv_frames: int = 20  # consecutive frames read by the pid->word adversary
     gan_frames: int = 6  # frames stacked by the sequence discriminator
+    # Clips of earlier steps the closed-form person probe (loss.probe_uniform) is fitted on,
+    # beside the batch: a few steps' worth, as word-ID features drift fast while training.
+    probe_bank: int = 64
     mouth_box: tuple[float, float, float, float] = (170 / 256, 234 / 256, 64 / 256, 192 / 256)
     # "davs": the original decoder, which redraws the whole face from a 1x1 code and one H/8
     # skip. "mouth_editor": a small U-Net that edits the lower face of the identity frame
@@ -136,6 +145,11 @@ class DavsConfig:
     # the network and its input size are unchanged). README "What the video word encoder sees"
     # has what each gave.
     video_region: str = "face"
+    # Training only, not in the original: each clip's frames reach the video word encoder with
+    # random per-channel gain exp(U(-j, j)) and offset U(-j/4, j/4) (one draw per clip, clamped
+    # to [0, 1]), so that colour (skin, lips, light), which tells people apart and not words,
+    # stops being a cue. 0 turns it off; the generator's targets are never jittered.
+    video_jitter: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -220,6 +234,11 @@ class DavsConfig:
         for name in ("seq_len", "adv_frames", "gan_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1 frame")
+        if self.probe_bank < 2:
+            raise ConfigError(
+                f"probe_bank={self.probe_bank}: the person probe needs at least 2 clips "
+                "(64 is the default)"
+            )
         top, bottom, left, right = self.mouth_box
         if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
             raise ConfigError(
@@ -229,6 +248,8 @@ class DavsConfig:
         t, b, le, r = self.mouth_box_px
         if b <= t or r <= le:
             raise ConfigError(f"mouth_box covers no pixel at image_size={s}; enlarge it")
+        if not (0 <= self.video_jitter <= 1):
+            raise ConfigError(f"video_jitter={self.video_jitter}: must be in [0, 1] (0 is off)")
         self._validate_editor()
         for f in dataclasses.fields(self.loss):
             value = getattr(self.loss, f.name)

@@ -2,7 +2,7 @@
 
     pid     identity pretraining:  CE(IdentityClassifier(E_p(frame)), person)
     wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip
-                                   (+ identity scatter, when weighted);
+                                   (+ identity scatter and the person probe, when weighted);
                                    D side: the modality discriminator
     render  the generator:         reconstruction (half the clips audio-, half video-driven) +
                                    smoothness + audio word CE; the audio encoder trains with
@@ -239,6 +239,13 @@ def generator_loss(
         persons, k = batch["identity_label"], cfg.num_identities
         for name, wid in (("scatter_audio", fwd.wid_a), ("scatter_video", fwd.wid_v)):
             terms.append((w.identity_scatter, name, identity_scatter_loss(wid.mean(1), persons, k)))
+    if w.probe_uniform:  # the closed-form person probe, then this batch joins its bank
+        probe, persons = model.person_probe, batch["identity_label"]
+        means = (fwd.wid_a.mean(1), fwd.wid_v.mean(1))  # [B, D] each
+        for m, (name, x) in enumerate(zip(("audio", "video"), means, strict=True)):
+            terms.append((w.probe_uniform, f"probe_{name}", probe.uniform_loss(x, persons, m)))
+            terms.append((0.0, f"probe_{name}_acc", probe.accuracy(x, persons, m)))
+        probe.push(*means, persons)
     if stage == "wid":
         return _sum(terms)
     box = cfg.mouth_box_px

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-disentangle",
         action="store_true",
         help="ablation: disentangling off (sets --loss-pid-uniform, --loss-wid-uniform, "
-        "--loss-adversary-ce and --loss-identity-scatter to 0)",
+        "--loss-adversary-ce, --loss-identity-scatter and --loss-probe-uniform to 0)",
     )
     parser.add_argument(
         "--no-eval", action="store_true", help="skip fastdavs-eval at the end of training"
@@ -113,7 +113,9 @@ def fit_to_data(cfg: DavsConfig, data: Path, stages: Sequence[str] = STAGES) -> 
         cfg = dataclasses.replace(
             cfg,
             schedule=dataclasses.replace(cfg.schedule, pid_steps=0),
-            loss=dataclasses.replace(cfg.loss, wid_uniform=0.0, identity_scatter=0.0),
+            loss=dataclasses.replace(
+                cfg.loss, wid_uniform=0.0, identity_scatter=0.0, probe_uniform=0.0
+            ),
             optim=dataclasses.replace(cfg.optim, identity_group=1),
         )
     return cfg.validate()
@@ -146,6 +148,7 @@ def _train(argv: Sequence[str] | None) -> None:
                 wid_uniform=0.0,
                 adversary_ce=0.0,
                 identity_scatter=0.0,
+                probe_uniform=0.0,
             ),
         )
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -13,6 +13,7 @@ decodes any number of frames from it.
 
 The adversaries and discriminators sit beside: ModalityDiscriminator (audio vs video wid),
 PidWordAdversary (words from pid features), WidPersonAdversary (identity from wid features),
+PersonProbe (identity from clip-mean wid, refitted in closed form every step; no parameters),
 IdentityClassifier (pid pretraining) and SequenceDiscriminator (frame stacks + audio sync).
 Parameters split into the generator side (one Adam) and the discriminator side (another),
 as in the original `optimizer_G` / `optimizer_D`, with the wid->person adversary added to D.
@@ -30,6 +31,7 @@ from fastdavs.config import DavsConfig
 from fastdavs.model.adversaries import (
     IdentityClassifier,
     ModalityDiscriminator,
+    PersonProbe,
     PidWordAdversary,
     WidPersonAdversary,
 )
@@ -66,6 +68,16 @@ class EncodedIdentity(NamedTuple):
     edit: EditorIdentity | None  # the mouth editor's per-face half; None with the davs decoder
 
 
+def colour_jitter(frames: torch.Tensor, strength: float) -> torch.Tensor:
+    """frames [B, T, 3, H, W] in [0, 1] -> the same with one random colour change per clip:
+    per-channel gain exp(U(-s, s)) and offset U(-s/4, s/4), clamped to [0, 1]
+    (`DavsConfig.video_jitter`). Draws from the global RNG."""
+    shape = (frames.shape[0], 1, frames.shape[2], 1, 1)  # [B, 1, 3, 1, 1]
+    u = torch.rand((2, *shape), device=frames.device) * 2 - 1  # U(-1, 1)
+    gain, offset = (u[0] * strength).exp(), u[1] * (strength / 4)
+    return (frames * gain.to(frames.dtype) + offset.to(frames.dtype)).clamp(0, 1)
+
+
 class DavsModel(nn.Module):
     """All DAVS modules for one `DavsConfig`; the config is kept on `self.cfg`."""
 
@@ -81,6 +93,7 @@ class DavsModel(nn.Module):
         self.modality_discriminator = ModalityDiscriminator(cfg)
         self.pid_word_adversary = PidWordAdversary(cfg)
         self.wid_person_adversary = WidPersonAdversary(cfg)
+        self.person_probe = PersonProbe(cfg)  # no parameters: a bank of recent clips
         self.sequence_discriminator = SequenceDiscriminator(cfg)
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
@@ -102,6 +115,8 @@ class DavsModel(nn.Module):
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, T, 3, H, W] -> wid [B, T, word_dim], one batched pass over B*T frames."""
         b, t = frames.shape[:2]
+        if self.video_encoder.training and self.cfg.video_jitter:
+            frames = colour_jitter(frames, self.cfg.video_jitter)
         wid = self.video_encoder(frames.flatten(0, 1))  # [B*T, D]
         return wid.view(b, t, -1)
 
