@@ -24,6 +24,7 @@ where it has them bf16 is there too.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -49,11 +50,33 @@ def import_openvino():
     return openvino
 
 
+@functools.cache
+def core():
+    """The process's one `ov.Core`: every engine is read and compiled with it, and it is kept
+    for the life of the process.
+
+    One Core loads one instance of the CPU plugin. Each instance mmaps an alternate signal stack
+    and installs it with sigaltstack() on the thread that loads it, saving the stack installed
+    before; when the instance goes, it unmaps its stack and puts the saved one back only if its
+    own is still installed. That is right only when instances go in the reverse order they
+    came. An engine of two graphs with a Core each, freed in the order they were compiled, left
+    the thread on the first one's unmapped stack. CPython's signal handlers run on the alternate
+    stack (SA_ONSTACK), so the next signal handled in Python (the SIGCHLD handler of a
+    multi-worker DataLoader, when a worker or any child process exits) could not be delivered,
+    and the kernel killed the process with SIGSEGV. With one Core, kept, its stack stays
+    installed and mapped; the Cores NNCF opens while quantizing come and go inside its lifetime.
+    The kept Core also keeps the CPU streams executors: a forked child (a DataLoader worker)
+    whose garbage collection frees a compiled model it inherited no longer waits forever for
+    executor threads that only the parent has.
+    """
+    return import_openvino().Core()
+
+
 def native_bf16() -> bool:
     """Whether OpenVINO computes bf16 natively on this CPU (see the module docstring)."""
     if not cpu_has_native_bf16():
         return False
-    capabilities = import_openvino().Core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+    capabilities = core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
     return "BF16" in capabilities
 
 
@@ -85,7 +108,7 @@ def convert(
     int8 quantizes it with NNCF on `feeds` (`calibration.calibration_feeds`)."""
     ov = import_openvino()
     try:
-        model = ov.Core().read_model(str(src))
+        model = core().read_model(str(src))
     except RuntimeError as e:
         raise EngineError(f"{src}: OpenVINO cannot read the exported graph: {e}") from None
     # Inputs and outputs are named after the graph's: a Parameter's friendly name is its ONNX
@@ -126,7 +149,7 @@ class OpenVinoSession:
     """One IR graph compiled for this CPU: `run({name: tensor}) -> {name: output}` (float32)."""
 
     def __init__(self, path: Path, precision: str = "fp32", threads: int = 0, profile=False):
-        ov = import_openvino()
+        import_openvino()  # BackendUnavailable first where OpenVINO is missing
         if precision == "bf16" and not native_bf16():
             raise EngineError(
                 f"{path}: a bf16 engine, and this CPU has no native bf16 (OpenVINO would run it "
@@ -139,10 +162,9 @@ class OpenVinoSession:
             "INFERENCE_NUM_THREADS": threads,
             "PERF_COUNT": profile,  # per-node times in request.profiling_info (bench profiling)
         }
-        core = ov.Core()
         try:
-            model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, DEVICE, config)
+            model = core().read_model(str(path))
+            self.compiled = core().compile_model(model, DEVICE, config)
         except RuntimeError as e:
             raise EngineError(
                 f"{path}: OpenVINO cannot compile it ({e}); rebuild the engine with "

@@ -21,21 +21,7 @@ from fastdavs.prepare import prepare  # noqa: E402
 torch.set_num_threads(1)
 
 
-# The test files that load OpenVINO and NNCF (engines built and run in the test process).
-OPENVINO_FILES = {"test_engines.py", "test_generate.py", "test_stream.py"}
-
-
-def _loads_openvino(item) -> bool:
-    return item.path.name in OPENVINO_FILES
-
-
 def pytest_collection_modifyitems(config, items):
-    # The files that load OpenVINO (and NNCF) run last, in their order: a fork in the same
-    # process after them (DataLoader workers, torchrun) has crashed the test process itself
-    # with SIGSEGV (tests/test_engines.py, then tests/test_shards.py, in one process).
-    items[:] = [i for i in items if not _loads_openvino(i)] + [
-        i for i in items if _loads_openvino(i)
-    ]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,16 +1,22 @@
 """Engines: ONNX export and ONNX Runtime parity with eager PyTorch (tiny and small presets, both
 generators: the davs decoder and the mouth editor), the export-time rewrites one by one, int8
 calibration on real shards, OpenVINO parity and reload in every precision this CPU supports
-(bf16 skips without native bf16), `--backend auto`'s choice, the engine directory's round trip
-and every refusal (tampered artifact, edited config.json, other checkpoint, missing backend),
-the command's errors, the Synthesizer's engine path against its eager one, and the TensorRT
-builder's logic against `FakeTensorRT`, a stand-in module (not TensorRT) that records the
-calls. Real TensorRT tests are marked `gpu` and skip cleanly without a GPU or without TensorRT."""
+(bf16 skips without native bf16), freed OpenVINO engines leaving the thread a usable signal
+stack and a forked loader worker running, `--backend auto`'s choice, the engine directory's
+round trip and every refusal (tampered artifact, edited config.json, other checkpoint, missing
+backend), the command's errors, the Synthesizer's engine path against its eager one, and the
+TensorRT builder's logic against `FakeTensorRT`, a stand-in module (not TensorRT) that records
+the calls. Real TensorRT tests are marked `gpu` and skip cleanly without a GPU or without
+TensorRT."""
 
 import copy
+import ctypes
+import gc
 import json
 import logging
+import os
 import shutil
+import signal
 import sys
 import types
 from pathlib import Path
@@ -22,6 +28,7 @@ import torch
 
 from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.engines import (
     BackendUnavailable,
@@ -497,6 +504,75 @@ def test_auto_builds_the_candidates_and_keeps_the_fastest(tiny_ckpt, tmp_path, m
 def test_frames_per_second_measures_the_engine(openvino_engine):
     fps = auto.frames_per_second(load(openvino_engine, threads=1), 4, budget_s=0.1)
     assert fps > 0
+
+
+class _Stack(ctypes.Structure):
+    """stack_t of sigaltstack(2)."""
+
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+def _signal_stack() -> tuple[int, int] | None:
+    """(address, size) of this thread's alternate signal stack; None where it has none."""
+    stack = _Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return None if stack.flags & 2 else (stack.sp, stack.size)  # 2: SS_DISABLE
+
+
+def _mapped(address: int) -> bool:
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    ranges = (line.split()[0].split("-") for line in lines)
+    return any(int(a, 16) <= address < int(b, 16) for a, b in ranges)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sigaltstack and /proc/self/maps: Linux")
+def test_freed_openvino_engines_leave_a_usable_signal_stack(openvino_engine):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack for one of its own and
+    unmaps it when it goes (`openvino_engine.core`): engines freed in any order must leave the
+    thread on a mapped stack, where Python's signal handlers run (a SIGSEGV otherwise)."""
+    load(openvino_engine, threads=1)  # the CPU plugin is loaded from here on
+    before = _signal_stack()
+    first, second = load(openvino_engine, threads=1), load(openvino_engine, threads=1)
+    del first, second  # freed in the order they came, as each one's two graphs are
+    assert _signal_stack() == before and (before is None or _mapped(before[0]))
+    handled = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled
+
+
+class _Collecting(DavsDataset):
+    """Each item after a full garbage collection in the loader worker (as any of its
+    collections may do, made certain)."""
+
+    def __getitem__(self, key):
+        gc.collect()
+        return super().__getitem__(key)
+
+
+def test_loader_workers_outlive_an_engine_left_to_the_collector(openvino_engine, shards):
+    """A loader made in a process that ran an OpenVINO engine, now garbage in a reference
+    cycle not yet collected, which a forked worker's collection frees. A compiled model that
+    took its Core's CPU plugin with it blocked forever there (its executor's threads do not
+    exist in the child); with the process's one Core (`openvino_engine.core`) the executor
+    stays with the Core and the worker goes on."""
+    gc.disable()  # the parent keeps the cycle until the worker starts
+    try:
+        engine = load(openvino_engine, threads=1)
+        engine.frames(torch.randn(4, 20, 12), engine.identity(torch.rand(1, 3, 32, 32)))
+        cycle = [engine]
+        cycle.append(cycle)
+        del engine, cycle
+        loader = make_loader(
+            _Collecting(ShardSet(shards, "train"), TINY, train=True), 4, False, num_workers=1
+        )
+        loader.timeout = 60  # a stalled worker fails the test instead of hanging it
+        assert [len(b["word"]) for b in loader] == [4, 4, 4]
+    finally:
+        gc.enable()
 
 
 # ---- the engine directory ---------------------------------------------------------------------
