@@ -112,9 +112,10 @@ class PersonProbe(nn.Module):
 
     A learnt adversary (`WidPersonAdversary`) trails the encoders it reads; on the CPU
     schedules its cross-entropy stayed at chance while a probe fitted afresh still read the
-    person. Word-ID features also drift too fast for a long bank: 50 `wid` steps move them by
-    a quarter of their norm, and a probe fitted on clips 50 steps old reads chance on today's
-    features of the same clips where a fresh one reads 100%. So this probe is fitted in closed
+    person. Word-ID features also drift too fast for a long bank: 50 `wid` steps moved the
+    video features by more than their norm, and this probe fitted on clips 50 steps old named
+    2% of people where one fitted on today's features named 77% (`bench/probe_drift.py`). So
+    this probe is fitted in closed
     form to what `fastdavs-eval`'s probe reads (a linear classifier of clip-mean word-ID) on the
     batch plus `probe_bank` clips of the last steps: per person, the mean of their clips,
     leaving out the clip being scored (so a clip's own person is known to the probe only
