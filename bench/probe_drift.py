@@ -22,14 +22,17 @@ from pathlib import Path
 import torch
 
 from fastdavs.checkpoint import load_model
+from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
 from fastdavs.data.shards import ShardSet, load_index
 from fastdavs.model.adversaries import PersonProbe
 
 
-def clip_features(checkpoint: Path, data: Path, clips: int) -> tuple[dict, torch.Tensor]:
+def clip_features(
+    checkpoint: Path, data: Path, clips: int
+) -> tuple[dict, torch.Tensor, DavsConfig]:
     """Clip-mean word-ID {"audio", "video"} [N, D] and person labels [N] of `clips` training
-    clips drawn with a fixed seed."""
+    clips drawn with a fixed seed, and the checkpoint's config."""
     model = load_model(checkpoint).eval()
     dataset = DavsDataset(ShardSet(data, "train", load_index(data)), model.cfg, train=False)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:clips]
@@ -40,7 +43,8 @@ def clip_features(checkpoint: Path, data: Path, clips: int) -> tuple[dict, torch
             audio.append(model.encode_audio(torch.stack([x["mfcc"] for x in items])).mean(1))
             video.append(model.encode_video(torch.stack([x["frames"] for x in items])).mean(1))
             labels.append(torch.stack([x["identity_label"] for x in items]))
-    return {"audio": torch.cat(audio), "video": torch.cat(video)}, torch.cat(labels)
+    features = {"audio": torch.cat(audio), "video": torch.cat(video)}
+    return features, torch.cat(labels), model.cfg
 
 
 def main() -> None:
@@ -51,10 +55,10 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=1024, help="training clips to encode")
     args = parser.parse_args()
     data = args.data or Path(json.loads((args.new.parent.parent / "run.json").read_text())["data"])
-    old, labels = clip_features(args.old, data, args.clips)
-    new, _ = clip_features(args.new, data, args.clips)
+    old, labels, _ = clip_features(args.old, data, args.clips)
+    new, _, cfg = clip_features(args.new, data, args.clips)
     half = args.clips // 2
-    cfg = dataclasses.replace(load_model(args.new).cfg, probe_bank=half)
+    cfg = dataclasses.replace(cfg, probe_bank=half)
     print(f"{args.old} -> {args.new}: {args.clips} training clips, probe fitted on {half}")
     for m, name in enumerate(("audio", "video")):
         change = ((new[name] - old[name]).norm() / old[name].norm()).item()
@@ -65,7 +69,7 @@ def main() -> None:
             # One clip at a time: a clip's person is then known to the probe only through
             # the bank (a batch of several would lend it the batch's own features).
             named = [
-                probe.accuracy(new[name][i : i + 1], labels[i : i + 1], m).item()
+                probe.score(new[name][i : i + 1], labels[i : i + 1], m)[1].item()
                 for i in range(half, args.clips)
             ]
             scores[fitted_on] = sum(named) / len(named)

@@ -243,8 +243,9 @@ def generator_loss(
         probe, persons = model.person_probe, batch["identity_label"]
         means = (fwd.wid_a.mean(1), fwd.wid_v.mean(1))  # [B, D] each
         for m, (name, x) in enumerate(zip(("audio", "video"), means, strict=True)):
-            terms.append((w.probe_uniform, f"probe_{name}", probe.uniform_loss(x, persons, m)))
-            terms.append((0.0, f"probe_{name}_acc", probe.accuracy(x, persons, m)))
+            loss, accuracy = probe.score(x, persons, m)
+            terms.append((w.probe_uniform, f"probe_{name}", loss))
+            terms.append((0.0, f"probe_{name}_acc", accuracy))
         probe.push(*means, persons)
     if stage == "wid":
         return _sum(terms)

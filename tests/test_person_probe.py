@@ -76,8 +76,8 @@ def test_logits_and_gradient_match_the_definition(seed):
 
 def test_reads_a_person_and_not_noise():
     probe, bank, bank_labels, x, labels = filled_probe(3)
-    assert probe.accuracy(x, labels, 0).item() == 1.0
-    loss = probe.uniform_loss(x.requires_grad_(), labels, 0)
+    assert probe.score(x, labels, 0)[1].item() == 1.0
+    loss = probe.score(x.requires_grad_(), labels, 0)[0]
     loss.backward()
     assert loss.item() > 1.0 and x.grad.abs().sum() > 0
     # Features that carry no person: the same clips with their people's offsets removed.
@@ -86,12 +86,12 @@ def test_reads_a_person_and_not_noise():
     plain.push(0.5 * torch.randn(24, D, generator=g), torch.zeros(24, D), bank_labels)
     x_plain = 0.5 * torch.randn(8, D, generator=g)
     accuracies = [
-        plain.accuracy(x_plain[perm], labels, 0).item()
+        plain.score(x_plain[perm], labels, 0)[1].item()
         for perm in torch.randperm(8, generator=g).repeat(5, 1)
     ]
     assert sum(accuracies) / len(accuracies) < 0.6
     # Video features were never pushed (zeros): no within-person spread, no probe, loss 0.
-    assert probe.uniform_loss(x, labels, 1).item() == 0.0
+    assert probe.score(x, labels, 1)[0].item() == 0.0
 
 
 def test_uniform_loss_is_kl_from_uniform_over_the_nameable_people():
@@ -101,19 +101,19 @@ def test_uniform_loss_is_kl_from_uniform_over_the_nameable_people():
     for row, ok in zip(logits, valid, strict=True):
         logp = row[ok].log_softmax(0)
         expected.append(-(logp.mean() + torch.log(torch.tensor(float(ok.sum())))))
-    torch.testing.assert_close(probe.uniform_loss(x, labels, 0), torch.stack(expected).mean())
+    torch.testing.assert_close(probe.score(x, labels, 0)[0], torch.stack(expected).mean())
 
 
 def test_empty_bank_and_unknown_people_add_nothing():
     probe = PersonProbe(CFG)
     x = torch.randn(8, D, requires_grad=True)
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    loss = probe.uniform_loss(x, labels, 0)  # no bank yet: no covariance
+    loss = probe.score(x, labels, 0)[0]  # no bank yet: no covariance
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(x.grad) == 0
     filled, *_ = filled_probe(6)
     unknown = torch.full((8,), -1)
-    assert filled.accuracy(torch.randn(8, D), unknown, 0).item() == 0.0  # nothing scored
+    assert filled.score(torch.randn(8, D), unknown, 0)[1].item() == 0.0  # nothing scored
     logits, valid = filled.logits(torch.randn(8, D), unknown, 0)
     assert valid.sum(1).tolist() == [6] * 8  # the banked people only
 
@@ -132,9 +132,9 @@ def test_push_overwrites_the_oldest():
 def test_autocast_computes_in_float32():
     probe, _, _, x, labels = filled_probe(7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = probe.uniform_loss(x.bfloat16(), labels, 0)
+        loss = probe.score(x.bfloat16(), labels, 0)[0]
     assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, probe.uniform_loss(x.bfloat16().float(), labels, 0))
+    torch.testing.assert_close(loss, probe.score(x.bfloat16().float(), labels, 0)[0])
 
 
 def test_colour_jitter_is_one_colour_change_per_clip():
@@ -166,3 +166,32 @@ def test_video_jitter_only_while_the_video_encoder_trains():
     jittered = model.encode_video(frames)
     torch.manual_seed(1)
     assert not torch.allclose(jittered, plain.encode_video(frames))
+
+
+def test_wid_step_scores_and_then_banks_the_batch():
+    """In the `wid` G loss with loss.probe_uniform > 0: both modalities' probe terms are in the
+    loss parts, the batch is pushed once a step, the probe's loss reaches the video
+    encoder's weights, and with the weight 0 the probe is not consulted."""
+    from fastdavs import steps
+
+    cfg = DavsConfig.from_preset("tiny", probe_bank=8)
+    cfg.loss.probe_uniform = 1.0
+    model = DavsModel(cfg)
+    batch = steps.example_batch(cfg, 4)
+    batch["identity_label"] = torch.tensor([0, 0, 1, 1])
+    probe = model.person_probe
+    for step in range(3):
+        fwd = steps.forward(model, batch, "wid")
+        total, parts = steps.generator_loss(model, fwd, batch, "wid")
+        assert {"probe_audio", "probe_video", "probe_audio_acc", "probe_video_acc"} <= set(parts)
+        assert torch.isfinite(total)
+        assert probe.cursor.item() == (4 * (step + 1)) % 8  # the batch pushed, once a step
+    assert probe.labels.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert parts["probe_video"] > 0  # the bank has spread now: a probe, and a loss
+    loss, _ = probe.score(model.encode_video(batch["frames"]).mean(1), batch["identity_label"], 1)
+    loss.backward()
+    grads = [p.grad for p in model.video_encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    cfg.loss.probe_uniform = 0.0
+    steps.generator_loss(model, steps.forward(model, batch, "wid"), batch, "wid")
+    assert probe.cursor.item() == 4  # unchanged

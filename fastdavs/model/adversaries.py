@@ -107,7 +107,7 @@ class IdentityClassifier(nn.Sequential):
 class PersonProbe(nn.Module):
     """Who speaks, read from clip-mean word-ID by linear discriminant analysis refitted at every
     step on the current batch and a short bank of the clips of the last few steps; the encoders
-    are trained to make its softmax uniform (`uniform_loss`): DAVS's wid -> person objective,
+    are trained to make its softmax uniform (`score`): DAVS's wid -> person objective,
     with a classifier that cannot fall behind.
 
     A learnt adversary (`WidPersonAdversary`) trails the encoders it reads; on the CPU
@@ -178,12 +178,13 @@ class PersonProbe(nn.Module):
             cov = cov + eps * torch.eye(cov.shape[0], device=cov.device)
             # Every person's mean, then each clip's own person's mean without the clip.
             means = sums / counts.clamp(min=1)[:, None]  # [K, D]
-            w = torch.linalg.solve(cov, means.T)  # [D, K] S^-1 mu_k
-            logits = x @ w - 0.5 * (means * w.T).sum(1)  # [B, K]
             own = labels.clamp(min=0)  # [B]
             own_count = counts[own] - 1  # [B] other clips of the clip's person
             loo = (sums[own] - x) / own_count.clamp(min=1)[:, None]  # [B, D]
-            w_loo = torch.linalg.solve(cov, loo.T).T  # [B, D]
+            # S^-1 mu for every person's mean and every clip's leave-one-out mean, one solve.
+            w = torch.linalg.solve(cov, torch.cat((means, loo)).T)  # [D, K + B]
+            w, w_loo = w[:, :k], w[:, k:].T  # [D, K], [B, D]
+            logits = x @ w - 0.5 * (means * w.T).sum(1)  # [B, K]
             own_logit = (x * w_loo).sum(1) - 0.5 * (loo * w_loo).sum(1)  # [B]
             known = labels >= 0
             logits = torch.where(onehot_x.bool(), own_logit[:, None], logits)
@@ -194,27 +195,31 @@ class PersonProbe(nn.Module):
             valid = valid & (dof >= 1) & (scatter.diagonal().sum() > 0)
         return logits, valid
 
-    def uniform_loss(self, x: torch.Tensor, labels: torch.Tensor, modality: int) -> torch.Tensor:
-        """KL(uniform || softmax) of the probe's logits over the people it can name, averaged
-        over the B clips x [B, D]: 0 when the probe cannot tell them apart at all; its gradient,
+    def score(
+        self, x: torch.Tensor, labels: torch.Tensor, modality: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip-mean word-ID x [B, D] with person labels [B] -> (loss, accuracy), both 0-d,
+        from one fit of the probe (`logits`).
+
+        loss: KL(uniform || softmax) of the probe's logits over the people it can name,
+        averaged over the clips: 0 when the probe cannot tell them apart at all; its gradient,
         softmax - 1/K, does not vanish when the probe is sure (unlike `uniform_softmax_loss`).
-        A clip whose probe can name fewer than two people adds 0."""
+        A clip whose probe can name fewer than two people adds 0.
+        accuracy (detached, for logging): the share of the clips whose own person the probe
+        can name and does; chance is about one in the number of people it can name.
+        """
         logits, valid = self.logits(x, labels, modality)
-        n = valid.sum(1)  # [B]
         logp = logits.masked_fill(~valid, -1e30).log_softmax(1)  # [B, K]
+        n = valid.sum(1)  # [B]
         mean_logp = torch.where(valid, logp, 0.0).sum(1) / n.clamp(min=1)  # [B]
         per_clip = -(mean_logp + n.clamp(min=1).float().log())  # [B]
         usable = n >= 2
-        return (per_clip * usable).sum() / usable.sum().clamp(min=1)
-
-    def accuracy(self, x: torch.Tensor, labels: torch.Tensor, modality: int) -> torch.Tensor:
-        """Share of the clips x [B, D] whose own person the probe can name and does (0-d, for
-        logging; chance is about one in the number of people it can name)."""
-        logits, valid = self.logits(x.detach(), labels, modality)
-        pred = logits.masked_fill(~valid, -1e30).argmax(1)  # [B]
+        loss = (per_clip * usable).sum() / usable.sum().clamp(min=1)
+        pred = logp.detach().argmax(1)  # [B]
         own = labels.clamp(min=0)
         scored = (labels >= 0) & valid.gather(1, own[:, None])[:, 0]
-        return ((pred == labels) & scored).sum().float() / scored.sum().clamp(min=1)
+        accuracy = ((pred == labels) & scored).sum().float() / scored.sum().clamp(min=1)
+        return loss, accuracy
 
 
 def _onehot(labels: torch.Tensor, k: int) -> torch.Tensor:
