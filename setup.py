@@ -46,8 +46,12 @@ setup(
     python_requires=">=3.11",
     packages=[
         "fastdavs",
-        "fastdavs.model",
         "fastdavs.data",
+        "fastdavs.model",
+        "fastdavs.io",
+        "fastdavs.train",
+        "fastdavs.evaluate",
+        "fastdavs.infer",
         "fastdavs.kernels",
         "fastdavs.engines",
     ],
@@ -60,11 +64,11 @@ setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "fastdavs-train=fastdavs.train:main",
-            "fastdavs-prepare=fastdavs.prepare:main",
-            "fastdavs-generate=fastdavs.generate:main",
+            "fastdavs-train=fastdavs.train.cli:main",
+            "fastdavs-prepare=fastdavs.data.prepare:main",
+            "fastdavs-generate=fastdavs.infer.generate:main",
             "fastdavs-build-engine=fastdavs.engines.build:main",
-            "fastdavs-eval=fastdavs.eval:main",
+            "fastdavs-eval=fastdavs.evaluate.cli:main",
         ]
     },
 )

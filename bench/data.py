@@ -24,11 +24,11 @@ from common import git
 
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, default_num_workers, make_loader
+from fastdavs.data.prepare import prepare
 from fastdavs.data.shards import ShardSet
 from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
-from fastdavs.prepare import prepare
 
 
 def _timed(fn):

@@ -5,7 +5,7 @@ engine, for each preset, in one run.
         [--batch-size 25] [--generator davs|mouth_editor | --checkpoint CKPT]
         [--out bench/results]
 
-What is timed is `fastdavs.generate.generate`, the command's whole body, for one face photo
+What is timed is `fastdavs.infer.generate.generate`, the command's whole body, for one face photo
 (matplotlib's Grace Hopper portrait, the aligned crop written out) and speech of the given
 length (SynthLRW words back to back): checkpoint or engine loading, face detection and
 alignment, decoding the audio, MFCC, the identity encoder, word encoder + generator in batches,
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from common import csv_text, git, median_p20_p80, random_model
 
-from fastdavs.atomic import write_json, write_text
-from fastdavs.checkpoint import load_model, save_checkpoint
 from fastdavs.config import GENERATORS
 from fastdavs.data.synth import SynthConfig, render_example
 from fastdavs.data.video_io import read_clip
 from fastdavs.engines import BuildConfig, build_engine
-from fastdavs.generate import GenerateOptions, generate
+from fastdavs.infer.generate import GenerateOptions, generate
+from fastdavs.io.atomic import write_json, write_text
+from fastdavs.io.checkpoint import load_model, save_checkpoint
 from fastdavs.machine import machine_info, machine_summary
 
 

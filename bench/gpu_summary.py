@@ -17,7 +17,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from fastdavs.atomic import write_json
+from fastdavs.io.atomic import write_json
 
 LOG_TAIL = 1500  # characters of a failed step's log kept in the summary
 

@@ -4,8 +4,8 @@ the fused path, samples/s each, in one process.
     python bench/gpu_train_step.py [--preset paper] [--stage gen] [--steps 10]
         [--device cuda] [--out bench/results]
 
-A step is what `fastdavs.trainer` runs per batch (`fastdavs.train_step.TrainStep`: forward, the
-D side's backward and Adam step, the G side's), on `steps.example_batch` at the preset's batch
+A step is what `fastdavs.train.loop` runs per batch (`fastdavs.train.step.TrainStep`: forward, the
+D side's backward and Adam step, the G side's), on `stages.example_batch` at the preset's batch
 size. Arms, each from the same seed-0 weights on the same batch:
 
     fp32    eager float32, kernel_backend "ref" (PyTorch's own ops; cuDNN's default TF32
@@ -39,12 +39,12 @@ import torch
 from common import git, median_p20_p80
 from train_step import config, loss_gap
 
-from fastdavs import steps
-from fastdavs.atomic import write_json
+from fastdavs.io.atomic import write_json
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
-from fastdavs.steps import STAGES, example_batch
-from fastdavs.train_step import TrainStep
+from fastdavs.train import stages
+from fastdavs.train.stages import STAGES, example_batch
+from fastdavs.train.step import TrainStep
 
 # arm -> (kernel_backend, autocast dtype or None for float32, channels-last)
 WARMUP_MAX = 20  # warm-up steps an arm may take to apply one
@@ -72,12 +72,12 @@ def initial_parts(model: DavsModel, batch: dict, stage: str, step: TrainStep) ->
     in every arm (no gradient, no update): what the arms' numerics alone change."""
     torch.manual_seed(1)
     with torch.no_grad(), step.autocast():
-        if stage in steps.ONE_SIDED:
-            _, parts = steps.ONE_SIDED[stage](model, batch)
+        if stage in stages.ONE_SIDED:
+            _, parts = stages.ONE_SIDED[stage](model, batch)
         else:
-            fwd = steps.forward(model, batch, stage)
-            parts = steps.discriminator_loss(model, fwd, batch)[1]
-            parts |= steps.generator_loss(model, fwd, batch, stage)[1]
+            fwd = stages.forward(model, batch, stage)
+            parts = stages.discriminator_loss(model, fwd, batch)[1]
+            parts |= stages.generator_loss(model, fwd, batch, stage)[1]
     return {k: float(v) for k, v in parts.items()}
 
 

@@ -23,9 +23,18 @@ from dataclasses import dataclass
 import torch
 from triton import cdiv
 
-from fastdavs import audio as A
 from fastdavs.kernels import ContrastiveBlocks, MfccBlocks
-from fastdavs.kernels.mfcc import K_PAD, MEL_PAD, SEG, _fused_matrices
+from fastdavs.kernels.mfcc import (
+    HOP,
+    K_PAD,
+    MEL_PAD,
+    N_COEFFS,
+    N_MELS,
+    NFFT,
+    SEG,
+    WIN,
+    _fused_matrices,
+)
 from fastdavs.kernels.temporal_conv import _DW_TILE, out_len
 
 E = 4  # bytes per float32 element
@@ -34,8 +43,8 @@ H100_FLOPS = 990e12  # FLOP/s, bf16 dense (DESIGN.md)
 H100_TF32 = 495e12  # FLOP/s, TF32 tensor cores, dense (datasheet)
 H100_FP32 = 67e12  # FLOP/s, IEEE float32 on CUDA cores (datasheet)
 H100_SMS = 132  # multiprocessors of an H100 SXM: sizes the conv dw row splits
-BINS = A.NFFT // 2 + 1  # 257 rfft bins
-RFFT_FLOPS = 2.5 * A.NFFT * math.log2(A.NFFT)  # one real 512-point FFT
+BINS = NFFT // 2 + 1  # 257 rfft bins
+RFFT_FLOPS = 2.5 * NFFT * math.log2(NFFT)  # one real 512-point FFT
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,8 @@ def conv_work(
 
 def mfcc_work(b: int, samples: int) -> Work:
     """MFCC of b clips of `samples` float32 samples: the fused kernel (with its gain reduction)
-    against the steps of `fastdavs.audio.mfcc` (float64 after the FFT)."""
-    f = (samples - A.WIN) // A.HOP + 1
+    against the steps of `fastdavs.data.audio.mfcc` (float64 after the FFT)."""
+    f = (samples - WIN) // HOP + 1
     n = b * f  # frames
     bs = b * samples
     blocks = MfccBlocks()
@@ -133,9 +142,9 @@ def mfcc_work(b: int, samples: int) -> Work:
     constants = E * (2 * SEG * nb + nb * MEL_PAD + MEL_PAD * K_PAD)
     fused = _chain(
         (E * bs, E * b, 2 * bs),  # int16_gain: |x|, peak
-        (E * bs + E * b + constants, E * n * A.N_COEFFS, b * rows * per_row),
+        (E * bs + E * b + constants, E * n * N_COEFFS, b * rows * per_row),
     )
-    m = A.N_MELS
+    m = N_MELS
     ref = _chain(
         (E * bs, E * bs, bs),  # int16_gain: abs
         (E * bs, E * b, bs),  # amax
@@ -143,23 +152,27 @@ def mfcc_work(b: int, samples: int) -> Work:
         (E * bs, E * bs, bs),  # 0.97 x[n - 1]
         (2 * E * bs, E * bs, bs),  # subtraction
         (E * bs, E * bs, 0),  # cat with x[0]
-        (E * n * A.WIN, E * n * A.WIN, n * A.WIN),  # frames * window
-        (E * n * A.WIN, 2 * E * n * BINS, n * RFFT_FLOPS),  # rfft, complex64
+        (E * n * WIN, E * n * WIN, n * WIN),  # frames * window
+        (E * n * WIN, 2 * E * n * BINS, n * RFFT_FLOPS),  # rfft, complex64
         (2 * E * n * BINS, E * n * BINS, 4 * n * BINS),  # abs
         (E * n * BINS, 8 * n * BINS, 0),  # to float64
         (8 * n * BINS + 8 * BINS * m, 8 * n * m, 2 * n * BINS * m),  # filter bank
         (8 * n * m, 8 * n * m, n * m),  # clamp
         (8 * n * m, 8 * n * m, n * m),  # log
         (8 * n * (m + 1), 8 * n * m, n * m),  # minus the first log energy
-        (8 * n * m + 8 * m * A.N_COEFFS, 8 * n * A.N_COEFFS, 2 * n * m * A.N_COEFFS),  # DCT
-        (8 * n * A.N_COEFFS, E * n * A.N_COEFFS, 0),  # to float32
+        (
+            8 * n * m + 8 * m * N_COEFFS,
+            8 * n * N_COEFFS,
+            2 * n * m * N_COEFFS,
+        ),  # DCT
+        (8 * n * N_COEFFS, E * n * N_COEFFS, 0),  # to float32
     )
     return Work(fused, ref, ref.bytes)
 
 
 def contrastive_work(b: int, d: int, grad: bool = False) -> Work:
     """Contrastive loss of [b, d] audio and video embeddings: the tiled kernels against
-    `fastdavs.losses.contrastive_loss`, which builds the [b, b, d] difference tensor.
+    `fastdavs.model.losses.contrastive_loss`, which builds the [b, b, d] difference tensor.
 
     The reference's peak extra memory is 2 [b, b, d] tensors forward (the differences and their
     squares) and 4 with the backward (pow's backward temporaries), as measured with torch 2.13

@@ -57,8 +57,8 @@ from common import best_seconds, csv_text, git, matmul_peak_gflops, median_p20_p
 from kernel_work import H100_BW, H100_FLOPS, Work, contrastive_work, conv_work, mfcc_work
 from mfcc_librosa import mfcc_librosa
 
-from fastdavs.atomic import write_json, write_text
 from fastdavs.config import DavsConfig
+from fastdavs.io.atomic import write_json, write_text
 from fastdavs.kernels import (
     contrastive_loss,
     contrastive_loss_ref,
@@ -82,7 +82,7 @@ NO_GPU = (
 
 
 def quiet_warnings() -> None:
-    """Silence what is not news: Dynamo traces through fastdavs.audio's cached constant builder
+    """Silence what is not news: Dynamo traces through fastdavs.data.audio's cached constant builder
     (fine: they are constants), and inductor's use of a deprecated torch helper."""
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch._inductor")

@@ -7,7 +7,7 @@
 What is timed is the per-frame work of talking-face synthesis, the engines' frame graph
 (`fastdavs.engines.export.FrameGraph`): MFCC windows [N, 20, 12] + the cached identity tensors
 of one face -> frames [N, 3, S, S]. The identity tensors are whatever the generator reads of a
-face (`fastdavs.engines.export.identity_shapes`: pid and skip for the davs decoder, the image
+face (`fastdavs.model.face_code.identity_shapes`: pid and skip for the davs decoder, the image
 and three skips for the mouth editor); they are computed once per face and not timed.
 --generator benchmarks either generator at any preset (default: the preset's; a checkpoint
 brings its own).
@@ -52,18 +52,18 @@ import torch
 from common import conv_peak_gflops, csv_text, git, matmul_peak_gflops, random_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastdavs.atomic import replace_with, write_json, write_text
-from fastdavs.checkpoint import run_data, save_checkpoint
 from fastdavs.config import GENERATORS
 from fastdavs.engines import BuildConfig, EngineError, build_engine, load
 from fastdavs.engines.calibration import heldout_inputs
-from fastdavs.engines.export import FrameGraph, IdentityGraph, checkpoint_dir, reference_model
-from fastdavs.engines.runtime import IdentityCache
+from fastdavs.engines.export import FrameGraph, checkpoint_dir, reference_model
 from fastdavs.engines.tensorrt_engine import import_tensorrt, require_gpu
 from fastdavs.errors import FastdavsError
+from fastdavs.evaluate.metrics import psnr
+from fastdavs.io.atomic import replace_with, write_json, write_text
+from fastdavs.io.checkpoint import run_data, save_checkpoint
 from fastdavs.machine import cpu_has_native_bf16, machine_info, machine_summary
-from fastdavs.metrics import psnr
 from fastdavs.model import DavsModel
+from fastdavs.model.face_code import IdentityCache, IdentityGraph
 
 BATCH = 25  # one second of video
 # The latency targets, reported against, never adjusted. The paper preset's speed-up over eager
@@ -271,8 +271,8 @@ def measure_peaks() -> dict[str, float]:
 
 def bench_data(root: Path, image_size: int) -> Path:
     """A small SynthLRW set prepared at `image_size` (val and test hold one identity each)."""
+    from fastdavs.data.prepare import prepare
     from fastdavs.data.synth import SynthConfig, generate
-    from fastdavs.prepare import prepare
 
     synth = SynthConfig(size=256 if image_size > 128 else 128, **BENCH_DATA)
     threads = torch.get_num_threads()  # prepare's in-process worker sets one thread

@@ -15,19 +15,31 @@ import librosa
 import numpy as np
 import scipy.fft
 
-from fastdavs import audio as A
+from fastdavs.kernels.mfcc import (
+    FMAX,
+    FMIN,
+    HOP,
+    LIFTER,
+    LOG_FLOOR,
+    N_COEFFS,
+    N_MELS,
+    NFFT,
+    PREEMPH,
+    SAMPLE_RATE,
+    WIN,
+)
 
 
 @functools.cache
 def _constants() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(symmetric Hamming window [400], mel filters [13, 257], sine lifter of c1..c12 [12])."""
-    window = librosa.filters.get_window("hamming", A.WIN, fftbins=False)
+    window = librosa.filters.get_window("hamming", WIN, fftbins=False)
     mel = librosa.filters.mel(
-        sr=A.SAMPLE_RATE, n_fft=A.NFFT, n_mels=A.N_MELS, fmin=A.FMIN, fmax=A.FMAX,
+        sr=SAMPLE_RATE, n_fft=NFFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX,
         htk=True, norm=None, dtype=np.float64,
     )  # fmt: skip
-    k = np.arange(1, A.N_COEFFS + 1)
-    lifter = 1 + A.LIFTER / 2 * np.sin(np.pi * k / A.LIFTER)
+    k = np.arange(1, N_COEFFS + 1)
+    lifter = 1 + LIFTER / 2 * np.sin(np.pi * k / LIFTER)
     return window, mel, lifter
 
 
@@ -37,14 +49,14 @@ def mfcc_clip(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if np.abs(x).max() <= 1:  # full-scale floats to the int16 range, as the original
         x = x * 32768
-    y = np.concatenate([x[:1], x[1:] - A.PREEMPH * x[:-1]])
-    frames = librosa.util.frame(y, frame_length=A.WIN, hop_length=A.HOP, axis=0)  # [F, 400]
-    spec = np.abs(np.fft.rfft(frames * window, n=A.NFFT))  # [F, 257]
-    log_e = np.log(np.maximum(spec @ mel.T, A.LOG_FLOOR))  # [F, 13]
+    y = np.concatenate([x[:1], x[1:] - PREEMPH * x[:-1]])
+    frames = librosa.util.frame(y, frame_length=WIN, hop_length=HOP, axis=0)  # [F, 400]
+    spec = np.abs(np.fft.rfft(frames * window, n=NFFT))  # [F, 257]
+    log_e = np.log(np.maximum(spec @ mel.T, LOG_FLOOR))  # [F, 13]
     cepstra = scipy.fft.dct(log_e, type=2, norm="ortho", axis=1)  # [F, 13]
     return (cepstra[:, 1:] * lifter).T  # drop c0 -> [12, F]
 
 
 def mfcc_librosa(audio: np.ndarray) -> np.ndarray:
-    """Clip by clip: waveforms [B, S] -> [B, 12, F] float64 (as `fastdavs.audio.mfcc`)."""
+    """Clip by clip: waveforms [B, S] -> [B, 12, F] float64 (as `fastdavs.data.audio.mfcc`)."""
     return np.stack([mfcc_clip(clip) for clip in audio])

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.checkpoint import load_model
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
 from fastdavs.data.shards import ShardSet, load_index
+from fastdavs.io.checkpoint import load_model
 from fastdavs.model.adversaries import PersonProbe
 
 

@@ -13,7 +13,7 @@ Each case is one module's forward + backward on what one training step of B clip
     id_pretrain   identity encoder + classifier on 4B single frames
     id_identity   `encode_identity` of the B identity frames: pid vector + net2 skip, and with
                   the mouth editor its encoding of the edit box
-    id_adv_full   identity encoder on B x adv_frames frames, loss on net1 (as fastdavs.steps)
+    id_adv_full   identity encoder on B x adv_frames frames, loss on net1 (as fastdavs.train.stages)
     id_adv_net1   the same frames through block01 + stage1 only: net1 is all the adversary reads
     video         video word encoder on B x seq_len frames
     audio         audio word encoder on B x seq_len MFCC windows
@@ -26,7 +26,8 @@ Each case is one module's forward + backward on what one training step of B clip
                   `encode_identity` of B faces, detached)
     dseq          sequence discriminator on 2B frame stacks (the G step's fakes)
 
-and step_pid / step_wid / step_render / step_gen are whole steps of the trainer (`fastdavs.steps`
+and step_pid / step_wid / step_render / step_gen are whole steps of the trainer
+(`fastdavs.train.stages`
 forward, D side backward + Adam, G side backward + Adam) on a batch shaped like DavsDataset's.
 
 Variants: fp32 (contiguous, all threads, oneDNN on: the reference), channels_last, bf16
@@ -35,7 +36,7 @@ Variants: fp32 (contiguous, all threads, oneDNN on: the reference), channels_las
 GFLOP/s rise with the channel count?), compile (`torch.compile` of the case's forward, with its
 compile time). After them, in a second phase, retain_heap: glibc told never to mmap or trim
 (`mallopt`), so that freed activations stay in the process instead of going back to the OS and
-being page-faulted in again on every step (`fastdavs.train_step.retain_heap`, which the trainer
+being page-faulted in again on every step (`fastdavs.train.step.retain_heap`, which the trainer
 uses); it cannot be switched off again, so it runs last. `bench/train_step.py` is the short
 answer (reference vs the trainer's fast path); this script is the breakdown behind it.
 
@@ -74,12 +75,12 @@ import torch.nn.functional as F
 from common import csv_text, git, median_p20_p80
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastdavs import steps
-from fastdavs.atomic import write_json, write_text
 from fastdavs.config import GENERATORS, DavsConfig
+from fastdavs.io.atomic import write_json, write_text
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel, EncodedIdentity
-from fastdavs.train_step import TrainStep, retain_heap
+from fastdavs.train import stages
+from fastdavs.train.step import TrainStep, retain_heap
 
 NOMINAL_PEAK = 155.0  # GFLOP/s, fp32 matmul on the 2-core development machine (DESIGN.md)
 SMALL_CASE_GFLOP = 1.0  # below this a case is cheap enough to run in emulated bf16
@@ -329,8 +330,9 @@ def count_flops(runner: Runner | StageStep) -> int:
 
 # ---- whole stage steps ----------------------------------------------------------------------
 class StageStep:
-    """One training step of a stage as `fastdavs.trainer` runs it (`fastdavs.train_step.TrainStep`,
-    fp32) on `steps.example_batch`; data loading, logging and checkpoints are left out."""
+    """One training step of a stage as `fastdavs.train.loop` runs it
+    (`fastdavs.train.step.TrainStep`,
+    fp32) on `stages.example_batch`; data loading, logging and checkpoints are left out."""
 
     def __init__(self, stage: str, variant: Variant, cfg: DavsConfig, b: int):
         torch.manual_seed(0)
@@ -338,7 +340,7 @@ class StageStep:
         model = DavsModel(cfg).train()
         if variant.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.batch = steps.example_batch(cfg, b)
+        self.batch = stages.example_batch(cfg, b)
         self.train_step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
         self.train_step.make_optimizers(stage)
 
@@ -486,7 +488,7 @@ def main() -> int:
             phase2[case, vname] = functools.partial(Runner, case, v, model_for(v), b)
             flops[case, vname] = module_flops[case, cfg.width]
     if not args.no_full_step:
-        for stage in steps.STAGES:
+        for stage in stages.STAGES:
             for vname in ("fp32", "channels_last"):
                 key = (f"step_{stage}", vname)
                 runners[key] = StageStep(stage, VARIANTS[vname], cfg, b)
@@ -548,7 +550,7 @@ def main() -> int:
             compile_s=getattr(runners[key], "compile_s", None),
         )
         rows.append(row)
-    order = {c: i for i, c in enumerate([*cases, *(f"step_{s}" for s in steps.STAGES)])}
+    order = {c: i for i, c in enumerate([*cases, *(f"step_{s}" for s in stages.STAGES)])}
     rows.sort(key=lambda r: order[r["case"]])  # stable: variants stay in run order
 
     head = (
@@ -598,11 +600,11 @@ def main() -> int:
 
 # Stage steps as sums of cases (ms per step of B clips), to set beside the measured step_* rows
 # and to price changes. The gen D step is taken as 1.5 dseq (real B + fake 2B stacks) plus the
-# heads, on the G step's detached activations, as fastdavs.steps does.
+# heads, on the G step's detached activations, as fastdavs.train.stages does.
 _GEN_COMMON = ("id_identity", "video", "audio", "word_cls", "heads", "heads", "dseq", "dseq")
 STAGE_SUMS = {
     "wid": ("video", "audio", "word_cls", "heads"),
-    "gen as fastdavs.steps (gan run only, full adversary pass)": (
+    "gen as fastdavs.train.stages (gan run only, full adversary pass)": (
         *_GEN_COMMON,
         "dseq/2",
         "id_adv_full",

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from common import csv_text, git
 
-from fastdavs.atomic import write_json, write_text
-from fastdavs.audio import SAMPLES_PER_FRAME
+from fastdavs.data.audio import SAMPLES_PER_FRAME
 from fastdavs.data.video_io import read_audio
-from fastdavs.face_input import load_face
-from fastdavs.generate import parse_box
+from fastdavs.infer.face_input import load_face
+from fastdavs.infer.generate import parse_box
+from fastdavs.infer.synthesis import Synthesizer
+from fastdavs.io.atomic import write_json, write_text
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.stream import LOOKAHEAD_MS, AudioStream, FaceStream
 from fastdavs.stream import samples_needed as needed
-from fastdavs.synthesis import Synthesizer
 
 SR = 16000
 

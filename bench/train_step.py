@@ -3,8 +3,9 @@
     python bench/train_step.py [--presets tiny,small] [--generator davs|mouth_editor]
         [--stage gen] [--steps 6] [--rounds 2] [--out bench/results]
 
-About 3 minutes on 2 idle cores with the defaults. A step is what `fastdavs.trainer` runs per
-batch (`fastdavs.train_step.TrainStep`): `fastdavs.steps` forward, the D side (backward, Adam),
+About 3 minutes on 2 idle cores with the defaults. A step is what `fastdavs.train.loop` runs per
+batch (`fastdavs.train.step.TrainStep`): `fastdavs.train.stages` forward, the D side (backward,
+Adam),
 the G side (backward, Adam), every loss of the stage, on `steps.example_batch` at the preset's
 batch size, with the preset's generator unless --generator names the other. Two arms:
 
@@ -20,7 +21,7 @@ differ only by numerics: step 1 compares the same weights; later steps add the d
 updates. Arms alternate for `--rounds` rounds so that background load hits both alike; each
 process does one warm-up step, then `--steps` timed steps. Times are medians [p20, p80] over the
 timed steps of all rounds (`time.perf_counter`); samples/s is batch size over the median.
-`torch.compile` is not an arm: see `fastdavs.train_step` for why (measured slower, 409 s compile).
+`torch.compile` is not an arm: see `fastdavs.train.step` for why (measured slower, 409 s compile).
 Writes train_step.json and train_step.csv to --out.
 """
 
@@ -36,12 +37,12 @@ from pathlib import Path
 import torch
 from common import csv_text, git, median_p20_p80
 
-from fastdavs.atomic import write_json, write_text
 from fastdavs.config import GENERATORS, DavsConfig
+from fastdavs.io.atomic import write_json, write_text
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
-from fastdavs.steps import STAGES, example_batch
-from fastdavs.train_step import TrainStep, retain_heap
+from fastdavs.train.stages import STAGES, example_batch
+from fastdavs.train.step import TrainStep, retain_heap
 
 ARMS = ("reference", "fast")
 TARGET = 3.0  # target: small preset, fast path >= 3x the reference samples/s

@@ -14,7 +14,8 @@ builder, auto (--backend auto), runtime, build (the command).
 
 from fastdavs.engines.builder import BuildConfig, build_engine
 from fastdavs.engines.errors import BackendUnavailable, EngineError, ParityError
-from fastdavs.engines.runtime import Engine, IdentityCache, load
+from fastdavs.engines.runtime import Engine, load
+from fastdavs.model.face_code import IdentityCache
 
 __all__ = [
     "BackendUnavailable",

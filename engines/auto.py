@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.atomic import write_json
 from fastdavs.engines import engine_dir
 from fastdavs.engines.builder import (
     AUTO,
@@ -43,6 +42,7 @@ from fastdavs.engines.errors import EngineError
 from fastdavs.engines.export import checkpoint_dir
 from fastdavs.engines.parity import random_inputs
 from fastdavs.errors import FastdavsError
+from fastdavs.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,6 @@ import onnx
 import torch
 
 from fastdavs import __version__
-from fastdavs.atomic import write_json
-from fastdavs.checkpoint import run_data
 from fastdavs.engines import engine_dir
 from fastdavs.engines.engine_dir import (
     CONFIG,
@@ -51,12 +49,14 @@ from fastdavs.engines.export import (
     checkpoint_dir,
     export_frames,
     export_identity,
-    identity_shapes,
     reference_model,
 )
 from fastdavs.engines.parity import measure
 from fastdavs.engines.rewrite import for_export
+from fastdavs.io.atomic import write_json
+from fastdavs.io.checkpoint import run_data
 from fastdavs.machine import machine_info
+from fastdavs.model.face_code import identity_shapes
 
 log = logging.getLogger(__name__)
 

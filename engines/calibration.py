@@ -8,7 +8,7 @@ the int8 parity check its inputs, from clips calibration did not see (`heldout_i
     images, mfcc, where = heldout_inputs(shards_dir, image_size, frames=8, seed=0)
 
 The data is a `fastdavs-prepare` output at the model's image size: by default the shards the
-checkpoint's run was trained on (RUN/run.json, `fastdavs.checkpoint.run_data`), else what
+checkpoint's run was trained on (RUN/run.json, `fastdavs.io.checkpoint.run_data`), else what
 `--calibration-data` names. Each clip gives one feed: its first stored frame, centre-cropped to
 the model's image size as evaluation crops it, through the eager identity graph, and
 `WINDOWS_PER_CLIP` of its own MFCC windows spread over the clip, so faces and speech come in
@@ -26,9 +26,9 @@ import torch
 
 from fastdavs.data.shards import ShardSet
 from fastdavs.engines.errors import EngineError
-from fastdavs.engines.export import IdentityGraph, identity_shapes
 from fastdavs.errors import DataError
 from fastdavs.model import DavsModel
+from fastdavs.model.face_code import IdentityGraph, identity_shapes
 
 log = logging.getLogger(__name__)
 

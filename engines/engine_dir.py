@@ -24,10 +24,10 @@ import secrets
 import shutil
 from pathlib import Path
 
-from fastdavs import manifest
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.engines.errors import EngineError
-from fastdavs.manifest import file_entry
+from fastdavs.io import manifest
+from fastdavs.io.manifest import file_entry
 
 log = logging.getLogger(__name__)
 

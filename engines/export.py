@@ -40,61 +40,22 @@ import copy
 import json
 import logging
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fastdavs.checkpoint import CHECKPOINTS, CONFIG, MODEL, latest_checkpoint, load_model
-from fastdavs.config import DavsConfig
 from fastdavs.errors import CheckpointError
-from fastdavs.model import DavsModel, MouthEditor
+from fastdavs.io.checkpoint import CHECKPOINTS, CONFIG, MODEL, latest_checkpoint, load_model
+from fastdavs.model import DavsModel
+from fastdavs.model.face_code import IdentityGraph, decode_frames, identity_shapes
 from fastdavs.model.layers import TemporalConv1d
-from fastdavs.model.mouth_editor import identity_shapes as editor_identity_shapes
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 MFCC_STD = 4.0  # std of DAVS MFCC windows (measured on SynthLRW shards: 4.0 over all coefficients)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def identity_shapes(cfg: DavsConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape (no batch axis) of one face's identity tensors, in the order the identity
-    graph outputs them and the frame graph reads them after `mfcc`."""
-    if cfg.generator == "mouth_editor":
-        return editor_identity_shapes(cfg)
-    s = cfg.image_size
-    return {"pid": (cfg.pid_dim,), "skip": (cfg.ch(160), s // 8, s // 8)}
-
-
-def decode_frames(
-    generator: nn.Module, identity: Sequence[torch.Tensor], wid: torch.Tensor
-) -> torch.Tensor:
-    """Frames of one face: its identity tensors (batch 1, as `IdentityGraph` gives them) and
-    wid [N, word_dim] -> generator.decode, which broadcasts them over the N rows -> frames
-    [N, 3, S, S]."""
-    return generator.decode(*identity, wid)
-
-
-class IdentityGraph(nn.Module):
-    """What the generator's `decode` reads of a face (see `identity_shapes`).
-
-    images [B, 3, S, S] in [0, 1] -> (pid [B, pid_dim], skip [B, ch(160), S/8, S/8]) for the
-    davs decoder, (image, skip1, skip2, skip3) (`EditorIdentity`) for the mouth editor."""
-
-    def __init__(self, model: DavsModel):
-        super().__init__()
-        # Only the module whose outputs are kept, so export traces nothing else.
-        self.edits = isinstance(model.generator, MouthEditor)
-        self.encoder = model.generator if self.edits else model.identity_encoder
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.edits:
-            return tuple(self.encoder.encode(images))
-        features = self.encoder(images)
-        return features.vec, features.net2
 
 
 class FrameGraph(nn.Module):

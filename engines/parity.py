@@ -21,9 +21,10 @@ import torch
 
 from fastdavs.config import DavsConfig
 from fastdavs.engines.errors import ParityError
-from fastdavs.engines.export import MFCC_STD, IdentityGraph
-from fastdavs.metrics import psnr
+from fastdavs.engines.export import MFCC_STD
+from fastdavs.evaluate.metrics import psnr
 from fastdavs.model import DavsModel
+from fastdavs.model.face_code import IdentityGraph
 
 # precision -> (max abs error of frames in [0, 1], min per-frame PSNR in dB). fp32 engines
 # reorder float32 arithmetic only (measured ~1e-6); reduced precisions are held to the project's

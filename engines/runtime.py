@@ -19,22 +19,10 @@ import torch
 from fastdavs.config import DavsConfig
 from fastdavs.engines.engine_dir import CONFIG, GRAPHS, artifact_name, read_config
 from fastdavs.engines.errors import EngineError
-from fastdavs.engines.export import checkpoint_digest, checkpoint_dir, identity_shapes
+from fastdavs.engines.export import checkpoint_digest, checkpoint_dir
+from fastdavs.model.face_code import IdentityCache, identity_shapes
 
 log = logging.getLogger(__name__)
-
-
-class IdentityCache(tuple):
-    """What the frame graph reads of B faces: the identity graph's outputs [B, ...], in its
-    order (`fastdavs.engines.export.identity_shapes`): (pid, skip) for the davs decoder,
-    (image, skip1, skip2, skip3) for the mouth editor. `IdentityCache(pid, skip)` builds one."""
-
-    def __new__(cls, *tensors: torch.Tensor) -> IdentityCache:
-        return super().__new__(cls, tensors)
-
-    def face(self, i: int) -> IdentityCache:
-        """The cache of face i alone (what `frames` takes)."""
-        return IdentityCache(*(t[i : i + 1] for t in self))
 
 
 class Engine:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.atomic import replace_with
 from fastdavs.engines.errors import BackendUnavailable, EngineError
+from fastdavs.io.atomic import replace_with
 
 log = logging.getLogger(__name__)
 

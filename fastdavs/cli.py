@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from fastdavs.config import PRESETS, DavsConfig
 from fastdavs.errors import FastdavsError
+from fastdavs.kernels.dispatch import KernelError
 
 EXIT_USER_ERROR = 2
 
@@ -75,10 +76,11 @@ def _config_flags() -> list[tuple[str, str, type]]:
 def run(
     prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None
 ) -> int:
-    """Run a command's body; a FastdavsError becomes `prog: error: message` and exit status 2."""
+    """Run a command's body; a FastdavsError or a KernelError (a fused op asked for what it
+    cannot do) becomes `prog: error: message` and exit status 2."""
     try:
         return main(argv) or 0
-    except FastdavsError as e:
+    except (FastdavsError, KernelError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -53,8 +53,8 @@ class LossWeights:
     # with several clips per person (`OptimConfig.identity_group`).
     probe_uniform: float = 0.0
     # Not in the original: the share of a batch's word-ID scatter that lies between identities
-    # (`fastdavs.losses.identity_scatter_loss`, audio + video, in wid and gen). It needs batches
-    # with several clips per identity (`OptimConfig.identity_group`).
+    # (`fastdavs.model.losses.identity_scatter_loss`, audio + video, in wid and gen). It needs
+    # batches with several clips per identity (`OptimConfig.identity_group`).
     identity_scatter: float = 0.0
 
 

@@ -21,7 +21,7 @@ Equivalence with the offline path: MFCC column f depends only on samples [160 f 
 400) (pre-emphasis reads the sample before the frame), so the stream computes each column once,
 from a span that starts one column early so that pre-emphasis at the chunk boundary uses the
 previous sample, and drops that extra column. The windows equal `clip_windows` of the whole
-signal (`fastdavs.audio.audio_to_windows` for ``edges="none"``) for any chunking, to float
+signal (`fastdavs.data.audio.audio_to_windows` for ``edges="none"``) for any chunking, to float
 rounding. Memory between calls: fewer than 560 samples and 20 MFCC columns, however long the
 stream (a call holds its chunk on top).
 
@@ -39,7 +39,7 @@ With ``"silence"`` (default) the stream reads the audio as if preceded and follo
 silence: the windows of frames 0 and 1 start 80 and 40 ms before the clip, and `flush` completes
 the windows of the last frames with silence, so a clip of S samples gives frames 0 .. N - 1,
 N = ceil(S / 640): one per started 40 ms of audio, frame 0 at the clip's first sample. This is
-the convention of `fastdavs-generate` (`fastdavs.driving.AudioDriver`), so a stream and the
+the convention of `fastdavs-generate` (`fastdavs.infer.driving.AudioDriver`), so a stream and the
 command make the same frames. With ``"none"`` it emits exactly the offline frames 2 ..
 (F - 12) // 4. Frames both give have the same windows. `clip_windows` is the convention applied
 to a whole clip in one call.
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastdavs.audio import (
+from fastdavs.data.audio import (
     FIRST_FRAME,
     FPS,
     HOP,
@@ -139,8 +139,8 @@ def clip_windows(
         audio (Tensor): 16 kHz mono float waveform, shape `(S,)`.
         edges (str, optional): ``"silence"``: frames 0 .. ceil(S / 640) - 1, digital silence
             before and after the clip; ``"none"``: frames 2 .. (F - 12) // 4, exactly
-            `fastdavs.audio.audio_to_windows`. (Default: ``"silence"``)
-        gain (float or None, optional): see `fastdavs.audio.mfcc`. (Default: None, the clip's
+            `fastdavs.data.audio.audio_to_windows`. (Default: ``"silence"``)
+        gain (float or None, optional): see `fastdavs.data.audio.mfcc`. (Default: None, the clip's
             int16 gain, as offline)
 
     Returns:
@@ -298,7 +298,7 @@ class FaceStream:
 
     Args:
         synthesizer: anything with ``frames(mfcc [N, 20, 12], identity, wid_scale=...) ->
-            [N, 3, S, S]`` (`fastdavs.synthesis.Synthesizer`, eager or engine).
+            [N, 3, S, S]`` (`fastdavs.infer.synthesis.Synthesizer`, eager or engine).
         identity: ``synthesizer.identity(face)`` of the face to animate.
         wid_scale (float, optional): passed to `frames` (1: as trained). (Default: 1.0)
         sample_rate, gain, edges: as `AudioStream`.

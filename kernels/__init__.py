@@ -1,8 +1,8 @@
 """fastdavs.kernels: fused Triton kernels (temporal convolution, MFCC front end, contrastive
 loss), each beside its plain-PyTorch reference. Installed from the top-level `kernels/` folder.
 
-The plain-PyTorch references they are tested against live in `fastdavs.audio` and
-`fastdavs.losses`.
+The plain-PyTorch references they are tested against live in `fastdavs.data.audio` and
+`fastdavs.model.losses`.
 """
 
 from fastdavs.kernels.contrastive import (

@@ -1,8 +1,9 @@
 """Fused L2 contrastive loss of the word-ID space (spec/davs.md §2.2), forward and backward.
 
 Where it sits: the wid and gen stages compare paired audio and video sequence embeddings
-(12 x 256 = 3072-d) over every in-batch pair. `fastdavs.losses.contrastive_loss` is the
-definition and the reference; it builds a [B, B, D] difference tensor. The kernels here compute
+(12 x 256 = 3072-d) over every in-batch pair (`fastdavs.model.losses.contrastive_loss` calls
+`contrastive_loss` here). `contrastive_loss_ref` is the definition and the reference; it builds
+a [B, B, D] difference tensor. The kernels here compute
 the same loss and both gradients in tiles, so the [B, B] distance matrix never exists: extra
 memory is O(B) for the loss and one float32 [B, D] accumulator for a 16-bit gradient
 (`contrastive_workspace_bytes`), which lets B reach 8192 at D = 3072.
@@ -48,15 +49,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fastdavs import losses
-from fastdavs.config import LossWeights
 from fastdavs.kernels.dispatch import KernelError, interpreted, resolve_backend
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NORM_EPS = 1e-12  # F.normalize's floor on the row norm
+MARGIN = 1.0  # DAVS's margin (spec/davs.md §2.2; `LossWeights.contrastive_margin`)
 EPS_SQ = torch.finfo(torch.float32).eps ** 2  # floor of q before the sqrt, as the reference
 
 
@@ -367,7 +368,7 @@ def contrastive_workspace_bytes(
 def contrastive_forward(
     audio: torch.Tensor,
     video: torch.Tensor,
-    margin: float = LossWeights.contrastive_margin,
+    margin: float = MARGIN,
     blocks: ContrastiveBlocks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: (float32 0-d loss, [2, 3, B] float32 row statistics for backward).
@@ -401,7 +402,7 @@ def contrastive_backward(
     video: torch.Tensor,
     stats: torch.Tensor,
     grad: torch.Tensor,
-    margin: float = LossWeights.contrastive_margin,
+    margin: float = MARGIN,
     blocks: ContrastiveBlocks | None = None,
     d_audio: torch.Tensor | None = None,
     d_video: torch.Tensor | None = None,
@@ -478,19 +479,68 @@ class ContrastiveLossFunction(torch.autograd.Function):
 
 
 # ---- public ---------------------------------------------------------------------------------
+def sequence_embedding(wid: torch.Tensor) -> torch.Tensor:
+    """The contrastive space's embedding of word-ID sequences: each row flattened frame-major
+    and L2-normalised, in at least float32 (what the loss compares; evaluation retrieves with
+    it).
+
+    Args:
+        wid: [B, T, D] per-frame word-ID features (or [B, D]).
+
+    Returns: [B, T*D].
+    """
+    wide = wid.float() if wid.dtype in (torch.float16, torch.bfloat16) else wid
+    return F.normalize(wide.flatten(1), dim=1)
+
+
 def contrastive_loss_ref(
     audio_emb: torch.Tensor,
     video_emb: torch.Tensor,
-    margin: float = LossWeights.contrastive_margin,
+    margin: float = MARGIN,
 ) -> torch.Tensor:
-    """The reference: `fastdavs.losses.contrastive_loss` (plain PyTorch, O(B^2 D) memory)."""
-    return losses.contrastive_loss(audio_emb, video_emb, margin, backend="ref")
+    """The definition and reference (plain PyTorch, O(B^2 D) memory): L2 contrastive loss between
+    paired audio and video sequence embeddings (the original's `L2ContrastiveLoss`).
+
+    Args:
+        audio_emb: [B, D] or [B, T, D] (flattened to [B, T*D], e.g. 12 x 256 = 3072).
+        video_emb: same shape as `audio_emb`; row i is paired with audio row i.
+        margin: negatives closer than this are pushed apart.
+
+    Rows are L2-normalised, d_ij = ||v_i - a_j|| (video row i, audio column j) and
+        loss = (sum_i d_ii^2 + sum_{i != j} max(0, margin - d_ij)^2) / (2B),
+    so every in-batch non-matching pair is a negative. The positive term uses the squared
+    distance directly, and the negatives take sqrt(max(d^2, eps^2)) with eps the dtype's machine
+    epsilon: the gradient of sqrt at 0 would be infinite (NaN after the chain rule), and a floor
+    of one ulp of 1.0 leaves the value unchanged at the dtype's precision. Gradients are finite
+    for B = 1 and for identical rows.
+
+    Returns: 0-d tensor in at least float32.
+    """
+    _check_shapes(audio_emb, video_emb)
+    a = sequence_embedding(audio_emb)  # [B, D]
+    v = sequence_embedding(video_emb)  # [B, D]
+    b = a.shape[0]
+    sq = (v[:, None, :] - a[None, :, :]).pow(2).sum(-1)  # [B, B] squared distances d_ij^2
+    eps = torch.finfo(sq.dtype).eps
+    dist = sq.clamp(min=eps * eps).sqrt()  # [B, B]
+    eye = torch.eye(b, dtype=torch.bool, device=sq.device)
+    negatives = (margin - dist).clamp(min=0).pow(2).masked_fill(eye, 0).sum()
+    positives = sq.diagonal().sum()
+    return (positives + negatives) / (2 * b)
+
+
+def _check_shapes(audio_emb: torch.Tensor, video_emb: torch.Tensor) -> None:
+    if audio_emb.shape != video_emb.shape or audio_emb.dim() < 2:
+        raise KernelError(
+            f"contrastive_loss: audio {tuple(audio_emb.shape)} and video "
+            f"{tuple(video_emb.shape)} must have the same [B, D] or [B, T, D] shape"
+        )
 
 
 def contrastive_loss(
     audio_emb: torch.Tensor,
     video_emb: torch.Tensor,
-    margin: float = LossWeights.contrastive_margin,
+    margin: float = MARGIN,
     *,
     backend: str = "auto",
     blocks: ContrastiveBlocks | None = None,
@@ -518,11 +568,7 @@ def contrastive_loss(
         == "ref"
     ):
         return contrastive_loss_ref(audio_emb, video_emb, margin)
-    if audio_emb.shape != video_emb.shape or audio_emb.dim() < 2:
-        raise KernelError(
-            f"contrastive_loss: audio {tuple(audio_emb.shape)} and video "
-            f"{tuple(video_emb.shape)} must have the same [B, D] or [B, T, D] shape"
-        )
+    _check_shapes(audio_emb, video_emb)
     return ContrastiveLossFunction.apply(
         audio_emb.flatten(1), video_emb.flatten(1), float(margin), blocks
     )

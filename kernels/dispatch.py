@@ -12,13 +12,12 @@ from __future__ import annotations
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 
-from fastdavs.errors import FastdavsError
-
 BACKENDS = ("auto", "triton", "ref")
 
 
-class KernelError(FastdavsError, ValueError):
-    """A fused op cannot run as asked (backend unavailable, unsupported dtype or shape)."""
+class KernelError(ValueError):
+    """A fused op cannot run as asked (backend unavailable, unsupported dtype or shape). The
+    commands report it as a user error, like `fastdavs.errors.FastdavsError`."""
 
 
 def interpreted(kernel) -> bool:

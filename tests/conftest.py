@@ -13,8 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fastdavs.data.prepare import prepare  # noqa: E402
 from fastdavs.data.synth import SynthConfig, generate  # noqa: E402
-from fastdavs.prepare import prepare  # noqa: E402
 
 # Test tensors are small: one thread avoids the overhead (and, on a busy machine, the stalls) of
 # synchronising two for every tiny op. Benchmarks, not tests, measure threaded speed.

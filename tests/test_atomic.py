@@ -1,10 +1,10 @@
-"""fastdavs.atomic: a file appears whole or not at all."""
+"""fastdavs.io.atomic: a file appears whole or not at all."""
 
 import json
 
 import pytest
 
-from fastdavs.atomic import replace_with, write_json, write_text
+from fastdavs.io.atomic import replace_with, write_json, write_text
 
 
 def test_write_text_and_json_replace_the_target(tmp_path):

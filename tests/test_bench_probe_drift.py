@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastdavs.train import main as train_main
+from fastdavs.train.cli import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastdavs import checkpoint as ckpt
-from fastdavs.checkpoint import (
+from fastdavs.config import DavsConfig
+from fastdavs.errors import CheckpointError
+from fastdavs.io import checkpoint as ckpt
+from fastdavs.io.checkpoint import (
     CONFIG,
     MODEL,
     RNG_JSON,
@@ -27,8 +29,6 @@ from fastdavs.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from fastdavs.config import DavsConfig
-from fastdavs.errors import CheckpointError
 from fastdavs.model import DavsModel
 
 TINY = DavsConfig.from_preset("tiny")
@@ -447,7 +447,7 @@ def test_cuda_model_and_rng_round_trip(tmp_path):
 # ---- kill -9 --------------------------------------------------------------------------------
 _SAVER = """
 import sys, torch
-from fastdavs.checkpoint import save_checkpoint
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
 model = DavsModel(DavsConfig.from_preset("tiny"))

@@ -14,10 +14,10 @@ from fastdavs.config import ConfigError
 
 COMMANDS = {
     "fastdavs-train": "fastdavs.train",
-    "fastdavs-prepare": "fastdavs.prepare",
-    "fastdavs-generate": "fastdavs.generate",
+    "fastdavs-prepare": "fastdavs.data.prepare",
+    "fastdavs-generate": "fastdavs.infer.generate",
     "fastdavs-build-engine": "fastdavs.engines.build",
-    "fastdavs-eval": "fastdavs.eval",
+    "fastdavs-eval": "fastdavs.evaluate",
 }
 
 

@@ -36,11 +36,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fastdavs import steps
-from fastdavs.checkpoint import latest_checkpoint
 from fastdavs.config import DavsConfig
+from fastdavs.io.checkpoint import latest_checkpoint
 from fastdavs.model import DavsModel
-from fastdavs.train_step import TrainStep
+from fastdavs.train import stages
+from fastdavs.train.step import TrainStep
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
 
@@ -53,7 +53,7 @@ CPU = torch.device("cpu")
 
 def _batch(cfg: DavsConfig, step: int, rank: int | None) -> dict[str, torch.Tensor]:
     """Step `step`'s batch of WORLD * PER_RANK clips, or rank `rank`'s half of it."""
-    batch = steps.example_batch(cfg, WORLD * PER_RANK, seed=step)
+    batch = stages.example_batch(cfg, WORLD * PER_RANK, seed=step)
     if rank is None:
         return batch
     return {k: v[rank * PER_RANK : (rank + 1) * PER_RANK] for k, v in batch.items()}
@@ -172,7 +172,7 @@ def test_pid_gradients_are_the_concatenated_batch(tmp_path):
     for i, (_, params, applied) in enumerate(log):
         _load(model, params)
         model.zero_grad(set_to_none=True)
-        loss, _ = steps.pid_loss(model, _batch(cfg, i, None))
+        loss, _ = stages.pid_loss(model, _batch(cfg, i, None))
         loss.backward()
         _assert_grads_close(applied, _grads(model, applied))
 
@@ -211,15 +211,15 @@ def test_gen_gradients_are_the_average_of_the_halves(tmp_path):
         on = _Streams(i)
         _load(model, before_d)
         model.zero_grad(set_to_none=True)
-        fwd = [on(r, steps.forward, model, halves[r], "gen") for r in range(WORLD)]
+        fwd = [on(r, stages.forward, model, halves[r], "gen") for r in range(WORLD)]
         for r in range(WORLD):
-            d_loss, _ = on(r, steps.discriminator_loss, model, fwd[r], halves[r])
+            d_loss, _ = on(r, stages.discriminator_loss, model, fwd[r], halves[r])
             (d_loss / WORLD).backward()
         _assert_grads_close(applied_d, _grads(model, applied_d))
         _load(model, before_g, applied_d)  # the discriminators after their step
         model.zero_grad(set_to_none=True)
         for r in range(WORLD):
-            g_loss, _ = on(r, steps.generator_loss, model, fwd[r], halves[r], "gen")
+            g_loss, _ = on(r, stages.generator_loss, model, fwd[r], halves[r], "gen")
             (g_loss / WORLD).backward()
         _assert_grads_close(applied_g, _grads(model, applied_g))
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastdavs.audio import HOP, WIN
 from fastdavs.config import DavsConfig
 from fastdavs.data import face, phonemes, voice
+from fastdavs.data.audio import HOP, WIN
 from fastdavs.data.dataset import DavsDataset, make_loader
+from fastdavs.data.prepare import main as prepare_main
+from fastdavs.data.prepare import prepare, prepare_clip
 from fastdavs.data.shards import ShardSet, load_index
 from fastdavs.data.synth import (
     SynthConfig,
@@ -26,8 +28,6 @@ from fastdavs.data.synth import (
 )
 from fastdavs.data.video_io import read_clip, write_mp4
 from fastdavs.errors import DataError
-from fastdavs.prepare import main as prepare_main
-from fastdavs.prepare import prepare, prepare_clip
 
 SYNTH = SynthConfig(identities=4, held_out=2, words=3, takes=1, seed=3, size=64)
 

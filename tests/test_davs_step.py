@@ -1,4 +1,4 @@
-"""The complete DAVS system on the tiny preset, through `fastdavs.steps`: each stage's
+"""The complete DAVS system on the tiny preset, through `fastdavs.train.stages`: each stage's
 discriminator side and generator side reach exactly the parameters they own with finite,
 non-zero gradients, and a few Adam steps on a fixed batch lower each stage's loss; the
 `render` stage trains the generator alone and leaves the frozen encoders as they were. Both
@@ -7,17 +7,17 @@ generators (the davs decoder and the mouth editor) go through the stages that us
 import pytest
 import torch
 
-from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel, MouthEditor
-from fastdavs.train_step import ADVERSARIES, STAGE_MODULES, TrainStep
+from fastdavs.train import stages
+from fastdavs.train.step import ADVERSARIES, STAGE_MODULES, TrainStep
 
 B = 3
 
 
 def _batch(cfg: DavsConfig, seed: int = 0) -> dict:
-    """steps.example_batch with one unknown identity (label -1) among the B clips."""
-    batch = steps.example_batch(cfg, B, seed)
+    """stages.example_batch with one unknown identity (label -1) among the B clips."""
+    batch = stages.example_batch(cfg, B, seed)
     batch["identity_label"] = torch.tensor([0, -1, cfg.num_identities - 1])
     return batch
 
@@ -50,8 +50,8 @@ def test_gen_stage_reaches_every_parameter(generator):
     cfg = DavsConfig.from_preset("tiny", generator=generator)
     model = _model(cfg)
     batch = _batch(cfg)
-    fwd = steps.forward(model, batch, "gen")
-    d_loss, d_parts = steps.discriminator_loss(model, fwd, batch)
+    fwd = stages.forward(model, batch, "gen")
+    d_loss, d_parts = stages.discriminator_loss(model, fwd, batch)
     d_loss.backward()
     _grads(
         model,
@@ -69,7 +69,7 @@ def test_gen_stage_reaches_every_parameter(generator):
     )
     assert set(d_parts) == {"modality_d", "pid_adv_ce", "wid_adv_ce", "d_patch", "d_sync"}
     model.zero_grad(set_to_none=True)
-    g_loss, g_parts = steps.generator_loss(model, fwd, batch, "gen")
+    g_loss, g_parts = stages.generator_loss(model, fwd, batch, "gen")
     assert torch.isfinite(g_loss) and all(torch.isfinite(v) for v in g_parts.values())
     g_loss.backward()
     # The G step reaches the whole generator side (the identity classifier belongs to pid).
@@ -91,14 +91,14 @@ def test_wid_and_pid_stages_train_only_their_modules():
     cfg = DavsConfig.from_preset("tiny")
     model = DavsModel(cfg).train()
     batch = _batch(cfg)
-    fwd = steps.forward(model, batch, "wid")
-    loss, parts = steps.generator_loss(model, fwd, batch, "wid")
+    fwd = stages.forward(model, batch, "wid")
+    loss, parts = stages.generator_loss(model, fwd, batch, "wid")
     assert set(parts) == {"ce_audio", "ce_video", "contrastive", "modality_flip"}
     loss.backward()
     wid_modules = ("video_encoder", "audio_encoder", "word_classifier", "modality_discriminator")
     _grads(model, _names(model, wid_modules))
     model.zero_grad(set_to_none=True)
-    loss, parts = steps.pid_loss(model, batch)
+    loss, parts = stages.pid_loss(model, batch)
     loss.backward()
     _grads(model, _names(model, ("identity_encoder", "identity_classifier")))
     # The unknown identity (-1) is left out: the loss equals the CE over the known items.
@@ -111,12 +111,12 @@ def test_person_ce_averages_over_known_identities_only():
     logits = torch.randn(5, 4, dtype=torch.float16)
     labels = torch.tensor([2, -1, 0, -1, 3])
     known = labels >= 0
-    got = steps._person_ce(logits, labels)
+    got = stages._person_ce(logits, labels)
     want = torch.nn.functional.cross_entropy(logits[known].float(), labels[known])
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
     none = logits.float().requires_grad_()
-    zero = steps._person_ce(none, torch.full((5,), -1))
+    zero = stages._person_ce(none, torch.full((5,), -1))
     zero.backward()
     assert zero.item() == 0 and torch.equal(none.grad, torch.zeros_like(none))
 
@@ -134,7 +134,7 @@ def _outside_edit_box_as_identity(cfg: DavsConfig, batch: dict) -> None:
 
 @pytest.mark.parametrize(
     "stage, generator",
-    [(s, "davs") for s in steps.STAGES] + [("render", "mouth_editor"), ("gen", "mouth_editor")],
+    [(s, "davs") for s in stages.STAGES] + [("render", "mouth_editor"), ("gen", "mouth_editor")],
 )
 def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, generator):
     torch.manual_seed(0)
@@ -149,10 +149,12 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, generator):
     losses = []
     for _ in range(15):
         opt.zero_grad(set_to_none=True)
-        if stage in steps.ONE_SIDED:
-            loss, _ = steps.ONE_SIDED[stage](model, batch)
+        if stage in stages.ONE_SIDED:
+            loss, _ = stages.ONE_SIDED[stage](model, batch)
         else:
-            loss, _ = steps.generator_loss(model, steps.forward(model, batch, stage), batch, stage)
+            loss, _ = stages.generator_loss(
+                model, stages.forward(model, batch, stage), batch, stage
+            )
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -187,7 +189,7 @@ def test_render_stage_trains_the_generator_and_audio_encoder_on_frozen_others(ge
     torch.manual_seed(0)
     cfg = DavsConfig.from_preset("tiny", generator=generator)
     model = DavsModel(cfg).train()
-    batch = steps.example_batch(cfg, B)
+    batch = stages.example_batch(cfg, B)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
     step.make_optimizers("render")
@@ -203,7 +205,7 @@ def test_render_stage_trains_the_generator_and_audio_encoder_on_frozen_others(ge
     assert all(m.training for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
     with torch.no_grad():
-        again, _ = steps.render_loss(model, batch)
+        again, _ = stages.render_loss(model, batch)
     w = cfg.loss
     loss = parts["rec_audio"] + parts["rec_video"] + w.smoothness * parts["smoothness"]
     loss = loss + w.word_ce * parts["ce_audio"]
@@ -218,7 +220,7 @@ def test_gen_step_with_the_mouth_editor_is_finite():
     step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
     step.make_optimizers("gen")
     before = model.generator.out.weight.clone()
-    parts = step("gen", steps.example_batch(cfg, B))
+    parts = step("gen", stages.example_batch(cfg, B))
     assert parts is not None and all(torch.isfinite(v) for v in parts.values())
     assert {"rec_audio", "gan", "d_patch", "pid_uniform"} <= set(parts)
     assert not torch.equal(model.generator.out.weight, before)
@@ -229,16 +231,16 @@ def test_identity_scatter_trains_the_word_encoders_in_wid_and_gen():
     cfg = DavsConfig.from_preset("tiny")
     cfg.loss.identity_scatter, cfg.optim.identity_group = 1.0, 2
     model = _model(cfg)
-    batch = steps.example_batch(cfg, 4)
+    batch = stages.example_batch(cfg, 4)
     batch["identity_label"] = torch.tensor([3, 3, 5, 5])  # two people, two clips each
     for stage in ("wid", "gen"):
-        fwd = steps.forward(model, batch, stage)
-        _, parts = steps.generator_loss(model, fwd, batch, stage)
+        fwd = stages.forward(model, batch, stage)
+        _, parts = stages.generator_loss(model, fwd, batch, stage)
         assert 0 < parts["scatter_audio"] <= 1 and 0 < parts["scatter_video"] <= 1
     model.zero_grad(set_to_none=True)
-    fwd = steps.forward(model, batch, "wid")
-    a = steps.identity_scatter_loss(fwd.wid_a.mean(1), batch["identity_label"], 8)
-    v = steps.identity_scatter_loss(fwd.wid_v.mean(1), batch["identity_label"], 8)
+    fwd = stages.forward(model, batch, "wid")
+    a = stages.identity_scatter_loss(fwd.wid_a.mean(1), batch["identity_label"], 8)
+    v = stages.identity_scatter_loss(fwd.wid_v.mean(1), batch["identity_label"], 8)
     (a + v).backward()
     for name in ("audio_encoder", "video_encoder"):
         grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]

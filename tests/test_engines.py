@@ -26,7 +26,6 @@ import onnx
 import pytest
 import torch
 
-from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
@@ -47,10 +46,8 @@ from fastdavs.engines.engine_dir import CONFIG, artifact_entry
 from fastdavs.engines.export import (
     MFCC_STD,
     FrameGraph,
-    IdentityGraph,
     export_frames,
     export_identity,
-    identity_shapes,
     reference_model,
 )
 from fastdavs.engines.parity import TOLERANCES
@@ -62,9 +59,11 @@ from fastdavs.engines.tensorrt_engine import (
     require_gpu,
 )
 from fastdavs.errors import DataError
-from fastdavs.metrics import psnr
+from fastdavs.evaluate.metrics import psnr
+from fastdavs.infer.synthesis import Synthesizer
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.model import DavsModel, MouthEditor
-from fastdavs.synthesis import Synthesizer
+from fastdavs.model.face_code import IdentityGraph, identity_shapes
 
 TINY = DavsConfig.from_preset("tiny")  # the mouth editor
 BATCH = (1, 4, 8)  # small max batch: calls above it exercise the runtime's chunking

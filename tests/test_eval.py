@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
+from fastdavs.data.prepare import prepare
 from fastdavs.data.shards import INDEX_FILE, ShardSet
 from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.errors import DataError
-from fastdavs.eval import main as eval_main
-from fastdavs.evaluate import DRIVES, evaluate, format_table, shuffled_partners, write_results
+from fastdavs.evaluate.cli import main as eval_main
+from fastdavs.evaluate.run import DRIVES, evaluate, format_table, shuffled_partners, write_results
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.model import DavsModel
-from fastdavs.prepare import prepare
 
 # The classifier sizes the trainer derives from the `shards` fixture: 3 words, 4 identities.
 CFG = DavsConfig.from_preset("tiny", num_words=3, num_identities=4)

@@ -17,7 +17,7 @@ import pytest
 
 from fastdavs.data import face_detect as fd
 from fastdavs.errors import DataError
-from fastdavs.face_input import Compositor, load_face
+from fastdavs.infer.face_input import Compositor, load_face
 
 SKIMAGE_DATA = Path(next(iter(importlib.util.find_spec("skimage").submodule_search_locations)))
 SKIMAGE_DATA /= "data"
@@ -188,8 +188,8 @@ def test_prepare_real_video_reports_face_share_and_skips_clips_without_enough(tm
     """An LRW-layout tree of real-face clips (no landmark sidecars, so the face is tracked):
     one with the face in every frame, one where it is gone for 8 of 29 frames (72%, under the
     default 80%): the second is skipped and listed, the report gives the kept clip's share."""
+    from fastdavs.data.prepare import main as prepare_main
     from fastdavs.data.video_io import write_mp4
-    from fastdavs.prepare import main as prepare_main
 
     frames, _ = moving_camera(read(ASTRONAUT_PATH), ASTRONAUT_EYES, 29)
     audio = np.random.default_rng(1).uniform(-0.3, 0.3, 29 * 640).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests of `fastdavs-generate` (fastdavs.generate, .driving, .face_input, .synthesis): real
+"""Tests of `fastdavs-generate` (fastdavs.infer.generate, .driving, .face_input, .synthesis): real
 mp4s written from a real photo (matplotlib's bundled Grace Hopper portrait) and from a SynthLRW
 clip, driven by audio (48 kHz stereo FLAC, or a clip's own AAC) and by a driving video; the
 stream layout, frame count, duration and fps of what comes out; that the mouth moves with the
@@ -22,18 +22,18 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from fastdavs import generate as gen
-from fastdavs.audio import mfcc, mfcc_windows
-from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.align import align_frames, three_points
+from fastdavs.data.audio import mfcc, mfcc_windows
 from fastdavs.data.synth import SynthConfig, render_example
 from fastdavs.data.video_io import read_audio, read_clip, write_mp4
-from fastdavs.driving import AudioDriver
 from fastdavs.errors import DataError
-from fastdavs.face_input import Compositor, centre_crop, load_face
+from fastdavs.infer import generate as gen
+from fastdavs.infer.driving import AudioDriver
+from fastdavs.infer.face_input import Compositor, centre_crop, load_face
+from fastdavs.infer.synthesis import Synthesizer
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.model import DavsModel
-from fastdavs.synthesis import Synthesizer
 
 SR = 16000
 SILENCE = SR  # 1 s of digital silence on each side of the word

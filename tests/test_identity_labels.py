@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.prepare import main as prepare_main
 from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.errors import OptionError
-from fastdavs.prepare import main as prepare_main
-from fastdavs.train import fit_to_data
-from fastdavs.train import main as train_main
+from fastdavs.train.cli import fit_to_data
+from fastdavs.train.cli import main as train_main
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Tests of fastdavs.kernels.contrastive: the fused Triton loss and both gradients against the
-reference (`fastdavs.losses.contrastive_loss`) over named shapes and dtypes, guard bands around
-the gradients it writes, the absence of any [B, B] buffer, and dispatch.
+reference (`fastdavs.model.losses.contrastive_loss`) over named shapes and dtypes, guard bands
+around the gradients it writes, the absence of any [B, B] buffer, and dispatch.
 
 Without a GPU the kernels run on CPU under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports them), with small tiles so that a
@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastdavs import losses
 from fastdavs.kernels.contrastive import (
     ContrastiveBlocks,
     KernelError,
@@ -22,7 +21,9 @@ from fastdavs.kernels.contrastive import (
     contrastive_loss,
     contrastive_loss_ref,
     contrastive_workspace_bytes,
+    sequence_embedding,
 )
+from fastdavs.model import losses
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = ContrastiveBlocks(m=16, n=16, k=16, d=16)
@@ -76,7 +77,7 @@ def test_matches_reference(shape, dtype):
     for name, g, w in zip(("loss", "d audio", "d video"), got, want, strict=True):
         assert_close_rel(g, w, TOL[dtype], f"{name} {dtype}")
     if shape[0] > 1:  # the cases exercise the hinge: some negatives inside the margin
-        dist = torch.cdist(losses.sequence_embedding(video), losses.sequence_embedding(audio))
+        dist = torch.cdist(sequence_embedding(video), sequence_embedding(audio))
         assert (dist < MARGIN).sum() > shape[0]
 
 

@@ -69,10 +69,10 @@ import pytest
 import torch
 from torch import nn
 
-from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
-from fastdavs.trainer import RunOptions, Trainer
+from fastdavs.train import stages
+from fastdavs.train.loop import RunOptions, Trainer
 
 # The modules, not the same-named functions that fastdavs.kernels re-exports.
 conv_kernels = importlib.import_module("fastdavs.kernels.temporal_conv")
@@ -135,7 +135,7 @@ def _models(word_head: str) -> dict[str, DavsModel]:
 
 
 def _batch(cfg: DavsConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    batch = steps.example_batch(cfg, BATCH, seed=1)
+    batch = stages.example_batch(cfg, BATCH, seed=1)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
 
 
@@ -143,7 +143,7 @@ def _generator_step(model: DavsModel, batch: dict, stage: str) -> tuple[dict, di
     """The generator-side loss parts of one `stage` step and every parameter's gradient."""
     torch.manual_seed(7)  # the same dropout masks in every model
     model.zero_grad(set_to_none=True)
-    loss, parts = steps.generator_loss(model, steps.forward(model, batch, stage), batch, stage)
+    loss, parts = stages.generator_loss(model, stages.forward(model, batch, stage), batch, stage)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: v.double() for k, v in parts.items()}, grads

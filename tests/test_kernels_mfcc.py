@@ -1,5 +1,5 @@
 """Tests of fastdavs.kernels.mfcc: the fused Triton MFCC against the float64 reference
-(`fastdavs.audio.mfcc`) for ragged lengths and both int16-gain branches, the folded DFT basis,
+(`fastdavs.data.audio.mfcc`) for ragged lengths and both int16-gain branches, the folded DFT basis,
 silence, guard bands around the output, the output layout, and dispatch.
 
 Without a GPU the kernel runs on CPU under the Triton interpreter (tests/conftest.py sets
@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_audio import speech_like
 
-from fastdavs import audio as A
+from fastdavs.data import audio as A
 from fastdavs.kernels.mfcc import (
     KernelError,
     MfccBlocks,
@@ -21,6 +21,7 @@ from fastdavs.kernels.mfcc import (
     mfcc,
     mfcc_ref,
     mfcc_triton,
+    recipe_matrices,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,7 +66,7 @@ def test_folded_basis_is_preemphasis_window_and_dft():
     pre-emphasised, windowed, zero-padded frame on the bins the filter bank uses."""
     basis, mel, dct = _fused_matrices(torch.float64, torch.device("cpu"))
     x = torch.randn(1 + 160 + 400, dtype=torch.float64)
-    window, fbank_t, _ = A._recipe_matrices(torch.float64, torch.device("cpu"))
+    window, fbank_t, _ = recipe_matrices(torch.float64, torch.device("cpu"))
     used = torch.nonzero(fbank_t.ne(0).any(dim=1)).flatten()
     assert basis.shape == (2, 401, len(used)) and mel.shape == (len(used), 16)
     for start in (0, 160):  # frame 0 of a signal (x[-1] = 0) and an interior frame

@@ -1,4 +1,5 @@
-"""Tests of fastdavs.losses: hand-computed values, brute-force references, gradients, dtypes."""
+"""Tests of fastdavs.model.losses: hand-computed values, brute-force references, gradients,
+dtypes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdavs.config import DavsConfig
-from fastdavs.losses import (
+from fastdavs.model.losses import (
     contrastive_loss,
     cross_entropy,
     gan_loss,

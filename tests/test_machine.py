@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.errors import FastdavsError
 from fastdavs.machine import (
@@ -21,7 +20,8 @@ from fastdavs.machine import (
     machine_summary,
 )
 from fastdavs.model import DavsModel
-from fastdavs.train_step import TrainStep
+from fastdavs.train import stages
+from fastdavs.train.step import TrainStep
 
 BF16_EPS = 2.0**-8  # bfloat16's relative spacing (8 significand bits)
 
@@ -69,7 +69,7 @@ def test_amp_step_follows_the_cpu_kind(monkeypatch, native):
     monkeypatch.setenv(FORCE_BF16_ENV, "1" if native else "0")
     torch.manual_seed(0)
     cfg = DavsConfig.from_preset("tiny", kernel_backend="ref")
-    batch = steps.example_batch(cfg, 4)
+    batch = stages.example_batch(cfg, 4)
     losses = {}
     for amp in (False, True):
         torch.manual_seed(0)

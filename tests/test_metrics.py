@@ -1,4 +1,5 @@
-"""Tests of fastdavs.metrics: hand-computed values, brute-force / scipy references, conventions."""
+"""Tests of fastdavs.evaluate.metrics: hand-computed values, brute-force / scipy references,
+conventions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from fastdavs.losses import mouth_mask
-from fastdavs.metrics import (
+from fastdavs.evaluate.metrics import (
     linear_probe,
     psnr,
     r2_score,
@@ -20,6 +20,7 @@ from fastdavs.metrics import (
     sync_scores,
     word_accuracy,
 )
+from fastdavs.model.losses import mouth_mask
 
 F64 = torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -284,7 +285,7 @@ def test_ssim_box_is_the_crop():
 
 
 def test_image_metrics_chunk_long_clips(monkeypatch):
-    import fastdavs.metrics as metrics
+    import fastdavs.evaluate.metrics as metrics
 
     real = torch.rand(2, 5, 3, 16, 16)
     fake = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)

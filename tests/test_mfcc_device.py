@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import fastdavs.kernels.mfcc as fused_mfcc
+from fastdavs.data.prepare import main as prepare_main
 from fastdavs.data.synth import SynthConfig, generate
-from fastdavs.driving import AudioDriver
-from fastdavs.prepare import main as prepare_main
+from fastdavs.infer.driving import AudioDriver
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 

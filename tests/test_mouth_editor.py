@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fastdavs.config import DavsConfig
-from fastdavs.engines.export import decode_frames
 from fastdavs.model import DavsModel, MouthEditor
+from fastdavs.model.face_code import decode_frames
 from fastdavs.model.mouth_editor import feather_mask, identity_shapes
 
 CFG = DavsConfig.from_preset("tiny")  # 32 px, edit box rows 16:32, cols 4:28, 2 px ramp

@@ -172,17 +172,17 @@ def test_wid_step_scores_and_then_banks_the_batch():
     """In the `wid` G loss with loss.probe_uniform > 0: both modalities' probe terms are in the
     loss parts, the batch is pushed once a step, the probe's loss reaches the video
     encoder's weights, and with the weight 0 the probe is not consulted."""
-    from fastdavs import steps
+    from fastdavs.train import stages
 
     cfg = DavsConfig.from_preset("tiny", probe_bank=8)
     cfg.loss.probe_uniform = 1.0
     model = DavsModel(cfg)
-    batch = steps.example_batch(cfg, 4)
+    batch = stages.example_batch(cfg, 4)
     batch["identity_label"] = torch.tensor([0, 0, 1, 1])
     probe = model.person_probe
     for step in range(3):
-        fwd = steps.forward(model, batch, "wid")
-        total, parts = steps.generator_loss(model, fwd, batch, "wid")
+        fwd = stages.forward(model, batch, "wid")
+        total, parts = stages.generator_loss(model, fwd, batch, "wid")
         assert {"probe_audio", "probe_video", "probe_audio_acc", "probe_video_acc"} <= set(parts)
         assert torch.isfinite(total)
         assert probe.cursor.item() == (4 * (step + 1)) % 8  # the batch pushed, once a step
@@ -193,5 +193,5 @@ def test_wid_step_scores_and_then_banks_the_batch():
     grads = [p.grad for p in model.video_encoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     cfg.loss.probe_uniform = 0.0
-    steps.generator_loss(model, steps.forward(model, batch, "wid"), batch, "wid")
+    stages.generator_loss(model, stages.forward(model, batch, "wid"), batch, "wid")
     assert probe.cursor.item() == 4  # unchanged

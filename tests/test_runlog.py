@@ -11,9 +11,9 @@ from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
 from fastdavs.data.shards import ShardSet
 from fastdavs.data.video_io import read_clip
-from fastdavs.evaluate import shuffled_partners
+from fastdavs.evaluate.run import shuffled_partners
 from fastdavs.model import DavsModel
-from fastdavs.runlog import COLUMNS, GAP, GRID_FRAMES, sample_grid, sample_video
+from fastdavs.train.runlog import COLUMNS, GAP, GRID_FRAMES, sample_grid, sample_video
 
 CFG = DavsConfig.from_preset("tiny", num_words=3, num_identities=4, seq_len=12)
 S = CFG.image_size  # 32: grid tiles are scaled by 2 to 64 px, video panels by 8 to 256 px

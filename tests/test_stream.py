@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastdavs.audio import FIRST_FRAME, AudioError, audio_to_windows, mfcc
-from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
-from fastdavs.driving import AudioDriver
+from fastdavs.data.audio import FIRST_FRAME, AudioError, audio_to_windows, mfcc
 from fastdavs.errors import FastdavsError
+from fastdavs.infer.driving import AudioDriver
+from fastdavs.infer.synthesis import Synthesizer
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.stream import (
     LOOKAHEAD_MS,
@@ -20,7 +21,6 @@ from fastdavs.stream import (
     clip_windows,
     samples_needed,
 )
-from fastdavs.synthesis import Synthesizer
 
 SR = 16000
 

@@ -8,14 +8,14 @@ import cv2
 import pytest
 import torch
 
-from fastdavs import steps
-from fastdavs.checkpoint import latest_checkpoint, load_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.video_io import read_clip
-from fastdavs.runlog import GAP
-from fastdavs.train import main as train_main
-from fastdavs.train_step import TrainStep
-from fastdavs.trainer import RunOptions, Trainer, TrainingError
+from fastdavs.io.checkpoint import latest_checkpoint, load_checkpoint
+from fastdavs.train import stages
+from fastdavs.train.cli import main as train_main
+from fastdavs.train.loop import RunOptions, Trainer, TrainingError
+from fastdavs.train.runlog import GAP
+from fastdavs.train.step import TrainStep
 
 HEADER = 20  # pixels of the sample pictures' label row
 
@@ -36,7 +36,7 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     assert DavsConfig.load(run / "config.json") == expected
     records = _records(run)
     assert [(r["stage"], r["step"]) for r in records] == [
-        (s, i) for s in steps.STAGES for i in range(1, 5)
+        (s, i) for s in stages.STAGES for i in range(1, 5)
     ]
     gen = [r for r in records if r["stage"] == "gen"]
     assert {"rec_audio", "gan", "pid_uniform", "wid_uniform", "d_patch"} <= set(gen[0])
@@ -54,7 +54,7 @@ def test_train_command_runs_every_stage(shards, tmp_path):
     grid = cv2.imread(str(run / "samples/gen_000004.png"))
     assert grid.shape == (HEADER + 4 * 64, 64 * (1 + 4 * 4) + 4 * GAP, 3)
     _, state = load_checkpoint(latest_checkpoint(run), restore_rng=False)
-    assert state["done"] == list(steps.STAGES) and state["stage"] == "gen"
+    assert state["done"] == list(stages.STAGES) and state["stage"] == "gen"
     # The sample mp4: the same five panels of the 25 stored frames, at 256 px, with the sound.
     clip = read_clip(run / "samples/gen_000004.mp4")
     assert clip.frames.shape == (25, HEADER + 256, 5 * 256, 3) and clip.fps == 25
@@ -149,14 +149,14 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkey
     run = tmp_path / "run"
     Trainer(cfg, RunOptions(data=shards, out=run, stages=("wid",), max_steps=2, workers=0)).run()
     good = latest_checkpoint(run)
-    real = steps.generator_loss
+    real = stages.generator_loss
 
     def poisoned(model, fwd, batch, stage):
         loss, parts = real(model, fwd, batch, stage)
         parts["contrastive"] = torch.tensor(float("nan"))
         return loss * float("nan"), parts
 
-    monkeypatch.setattr(steps, "generator_loss", poisoned)
+    monkeypatch.setattr(stages, "generator_loss", poisoned)
     trainer = Trainer(
         cfg, RunOptions(data=shards, out=run, stages=("wid",), resume=True, workers=0)
     )
@@ -203,7 +203,7 @@ def test_metrics_records_are_means_over_the_logged_window(shards, tmp_path, monk
 
 
 def test_amp_without_native_bf16_stays_float32(shards, tmp_path, monkeypatch, caplog):
-    import fastdavs.train_step as train_step_module
+    import fastdavs.train.step as train_step_module
 
     monkeypatch.setattr(train_step_module, "cpu_has_native_bf16", lambda: False)
     cfg = DavsConfig.from_preset("tiny")

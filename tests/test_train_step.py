@@ -1,4 +1,4 @@
-"""`fastdavs.train_step.TrainStep` on the tiny preset: the CUDA mixed-precision recipe (float16
+"""`fastdavs.train.step.TrainStep` on the tiny preset: the CUDA mixed-precision recipe (float16
 autocast with a gradient scaler) run on CPU, one scale update per iteration, one device read
 per side, and skipped sides that name their non-finite loss parts."""
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
-from fastdavs.train_step import TrainStep
+from fastdavs.train import stages
+from fastdavs.train.step import TrainStep
 
 CPU = torch.device("cpu")
 B = 2
@@ -23,7 +23,7 @@ def _setup(stage: str = "gen", amp_dtype: torch.dtype | None = torch.float16):
     model = DavsModel(cfg).train()
     step = TrainStep(model, cfg, CPU, amp=amp_dtype is not None, amp_dtype=amp_dtype)
     step.make_optimizers(stage)
-    return cfg, model, step, steps.example_batch(cfg, B)
+    return cfg, model, step, stages.example_batch(cfg, B)
 
 
 def _spy_optimizer_steps(step: TrainStep, monkeypatch) -> list[tuple[str, list, bool]]:
@@ -55,7 +55,7 @@ def test_float16_autocast_and_grad_scaler_train_the_gen_step(monkeypatch):
     assert cfg.loss.pid_uniform == cfg.loss.wid_uniform == 1e6
     assert step.scaler.is_enabled() and step.scaler.get_scale() == 65536.0
     with step.autocast():
-        loss, _ = steps.generator_loss(model, steps.forward(model, batch, "gen"), batch, "gen")
+        loss, _ = stages.generator_loss(model, stages.forward(model, batch, "gen"), batch, "gen")
     assert loss.dtype == torch.float32
     for skipped in range(13):
         if step("gen", batch) is not None:
@@ -138,8 +138,8 @@ def _poison(monkeypatch, model: DavsModel, where: str) -> None:
     """Make the G side of `wid` non-finite: its contrastive term (loss and part) or only the
     gradient reaching the word classifier (loss and parts finite)."""
     if where == "loss":
-        real = steps.contrastive_loss
-        monkeypatch.setattr(steps, "contrastive_loss", lambda *a, **kw: real(*a, **kw) * math.nan)
+        real = stages.contrastive_loss
+        monkeypatch.setattr(stages, "contrastive_loss", lambda *a, **kw: real(*a, **kw) * math.nan)
     else:
         model.word_classifier.fc2.weight.register_hook(lambda g: g * math.inf)
 

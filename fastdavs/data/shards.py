@@ -61,10 +61,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastdavs.atomic import write_json
-from fastdavs.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
+from fastdavs.data.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
 from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.errors import DataError
+from fastdavs.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 

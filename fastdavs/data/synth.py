@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastdavs.atomic import replace_with, write_text
 from fastdavs.cli import run
 from fastdavs.data import face, phonemes, voice
 from fastdavs.data.video_io import write_mp4
 from fastdavs.errors import DataError
+from fastdavs.io.atomic import replace_with, write_text
 
 MANIFEST = "synthlrw.json"
 SPLITS = ("train", "val", "test")

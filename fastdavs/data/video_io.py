@@ -1,8 +1,8 @@
 """Reading and writing talking-face media with PyAV: mp4 (H.264 + AAC) and audio-only files.
 
 Data flow: `read_clip` is the first step of the pipeline (DESIGN.md, Data flow): an LRW-layout mp4
-becomes RGB frames plus 16 kHz mono float audio aligned to them, which `fastdavs.audio` turns into
-MFCC windows. `write_mp4` is what SynthLRW writes its clips with; `Mp4Writer` writes the same a
+becomes RGB frames plus 16 kHz mono float audio aligned to them, which `fastdavs.data.audio` turns
+into MFCC windows. `write_mp4` is what SynthLRW writes its clips with; `Mp4Writer` writes the same a
 chunk of frames at a time (the last step of generation), and `iter_video_frames` and
 `read_soundtrack` read long videos without holding all their frames.
 
@@ -28,8 +28,8 @@ Audio of any rate, layout and sample format goes through one `av.AudioResampler`
 to float mono, mixed like `ffmpeg -ar 16000 -ac 1` to the s16 wav that the original reads: the mix
 matrix is normalised to unit gain (``rematrix_maxval=1``), so stereo becomes (L + R) / 2. The
 result is clipped to [-1, 1]: AAC decoding overshoots full scale slightly, and
-`fastdavs.audio.mfcc` tells float audio from int16-range audio by its peak, so an overshoot must
-not reach it. Dimension letters: T frames, H/W height/width, S samples.
+`fastdavs.data.audio.mfcc` tells float audio from int16-range audio by its peak, so an overshoot
+must not reach it. Dimension letters: T frames, H/W height/width, S samples.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from fastdavs.audio import SAMPLE_RATE
+from fastdavs.data.audio import SAMPLE_RATE
 from fastdavs.errors import DataError
 
 VIDEO_CODEC = "libx264"  # PyAV's wheels bundle FFmpeg with libx264 (and no libopenh264)

@@ -28,13 +28,13 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastdavs.checkpoint import CONFIG, DAMAGED, MODEL, load_model, save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.engines import BuildConfig, EngineError, build_engine, load
 from fastdavs.errors import CheckpointError
-from fastdavs.eval import main as eval_main
-from fastdavs.generate import main as generate_main
-from fastdavs.manifest import file_entry
+from fastdavs.evaluate.cli import main as eval_main
+from fastdavs.infer.generate import main as generate_main
+from fastdavs.io.checkpoint import CONFIG, DAMAGED, MODEL, load_model, save_checkpoint
+from fastdavs.io.manifest import file_entry
 from fastdavs.model import DavsModel
 
 SMALL = DavsConfig.from_preset("small")

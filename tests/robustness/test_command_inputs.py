@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from fastdavs.checkpoint import CHECKPOINTS, MODEL, load_checkpoint, save_checkpoint
 from fastdavs.config import DavsConfig
+from fastdavs.data.prepare import prepare
 from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.engines.build import main as build_main
-from fastdavs.eval import main as eval_main
+from fastdavs.evaluate.cli import main as eval_main
+from fastdavs.io.checkpoint import CHECKPOINTS, MODEL, load_checkpoint, save_checkpoint
 from fastdavs.model import DavsModel
-from fastdavs.prepare import prepare
-from fastdavs.train import main as train_main
+from fastdavs.train.cli import main as train_main
 
 TRAIN = ["--preset", "tiny", "--workers", "0", "--no-eval", "--steps", "1", "--stage", "pid"]
 

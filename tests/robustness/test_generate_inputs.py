@@ -22,11 +22,11 @@ import pytest
 import soundfile as sf
 from test_generate import probe, run
 
-from fastdavs.checkpoint import save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.face_detect import best_face, find_faces
 from fastdavs.data.video_io import write_mp4
-from fastdavs.face_input import load_face, read_image
+from fastdavs.infer.face_input import load_face, read_image
+from fastdavs.io.checkpoint import save_checkpoint
 from fastdavs.model import DavsModel
 
 SR = 16000
@@ -386,7 +386,7 @@ def test_unwritable_output_leaves_nothing(files, ckpt, tmp_path, capsys, monkeyp
     cannot see, each leaving neither OUT nor the temporary file: the mp4 cannot be created (a
     file system whose permissions `access` does not know), and the disk fills up at the end."""
     import fastdavs.data.video_io as video_io
-    import fastdavs.generate as generate
+    import fastdavs.infer.generate as generate
 
     args = ["--checkpoint", ckpt, "--face", files["png"], "--audio", files["wav"], "-o"]
     locked = tmp_path / "locked"
@@ -425,7 +425,7 @@ def test_unwritable_output_leaves_nothing(files, ckpt, tmp_path, capsys, monkeyp
 LONG_RUN = """
 import json, resource, sys
 import numpy as np, soundfile as sf, torch
-from fastdavs.generate import main
+from fastdavs.infer.generate import main
 torch.set_num_threads(1)
 ckpt, face, d = sys.argv[1:]
 def peak_mb():

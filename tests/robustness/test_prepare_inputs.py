@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import fastdavs.data.shards as shards_module
+from fastdavs.data.prepare import main as prepare_main
 from fastdavs.data.synth import SynthConfig, generate
-from fastdavs.prepare import main as prepare_main
 
 WORD_DIR = "LALONKETAM/train"  # the first word of the seed-5 set
 

@@ -18,9 +18,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import fastdavs.checkpoint as ckpt
-from fastdavs.checkpoint import latest_checkpoint, load_checkpoint
-from fastdavs.train import main as train_main
+import fastdavs.io.checkpoint as ckpt
+from fastdavs.io.checkpoint import latest_checkpoint, load_checkpoint
+from fastdavs.train.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -48,8 +48,8 @@ _STALLING_TRAINER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    import fastdavs.checkpoint as ckpt
-    from fastdavs.train import main
+    import fastdavs.io.checkpoint as ckpt
+    from fastdavs.train.cli import main
 
     real, saves = ckpt.file_entry, []
 
@@ -144,7 +144,7 @@ def test_full_disk_during_a_checkpoint_save(shards, tmp_path, monkeypatch, capsy
 _SIZE_LIMITED_TRAINER = textwrap.dedent(
     """
     import resource, signal, sys
-    from fastdavs.train import main
+    from fastdavs.train.cli import main
 
     limit = int(sys.argv[1])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

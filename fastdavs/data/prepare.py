@@ -172,7 +172,7 @@ def label_sources(
 def _claim_identity_source(out: Path, source: dict) -> None:
     """Record in OUT where its identity labels come from, or refuse an OUT whose shards were
     labelled from another source (a rerun keeps complete shards as they are)."""
-    from fastdavs.atomic import write_json
+    from fastdavs.io.atomic import write_json
 
     path = out / IDENTITY_SOURCE
     if path.exists():
@@ -206,8 +206,8 @@ def prepare_clip(
     (on CUDA by the fused Triton kernel, `fastdavs.kernels.mfcc`)."""
     import torch
 
-    from fastdavs.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
     from fastdavs.data.align import align_clip
+    from fastdavs.data.audio import FIRST_FRAME, HOP, STEPS_PER_FRAME, WIN, mfcc, mfcc_windows
     from fastdavs.data.shards import FRAMES_PER_CLIP
     from fastdavs.data.video_io import read_clip
 
@@ -311,7 +311,7 @@ def prepare(
     cuda for the fused Triton kernel; decoding and alignment stay on the CPU processes)."""
     if not 0.0 <= min_face_share <= 1.0:
         raise OptionError(f"--min-face-share {min_face_share}: must be between 0 and 1")
-    from fastdavs.synthesis import parse_device
+    from fastdavs.infer.synthesis import parse_device
 
     device = str(parse_device(device))
     import hashlib

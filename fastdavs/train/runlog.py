@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdavs import steps
-from fastdavs.atomic import replace_with
 from fastdavs.data.shards import ShardSet
+from fastdavs.io.atomic import replace_with
 from fastdavs.model import DavsModel
+from fastdavs.train import stages
 
 SKIP_KEYS = {"stage", "step", "samples_per_s", "bad_steps"}
 
@@ -35,11 +35,11 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    stages = [s for s in steps.STAGES if any(r["stage"] == s for r in records)]
-    if not stages:
+    present = [s for s in stages.STAGES if any(r["stage"] == s for r in records)]
+    if not present:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], present, strict=True):
         rows = [r for r in records if r["stage"] == stage]
         # Every part any record has: a record whose steps were all skipped has none.
         keys = list(dict.fromkeys(k for r in rows for k in r if k not in SKIP_KEYS))
@@ -80,7 +80,7 @@ def sample_grid(model: DavsModel, batch: dict, out: Path, clips: int = 4) -> Pat
     """
     import cv2
 
-    from fastdavs.evaluate import shuffled_partners
+    from fastdavs.evaluate.run import shuffled_partners
 
     small = {k: batch[k][:clips] for k in ("identity", "frames", "mfcc", "word")}
     partners = torch.from_numpy(shuffled_partners(small["word"].cpu().numpy()))
@@ -111,9 +111,9 @@ def sample_video(model: DavsModel, shards: ShardSet, index: int, out: Path) -> P
     scaled up to at least 256 px high, for viewing."""
     import cv2
 
-    from fastdavs.audio import FIRST_FRAME, SAMPLE_RATE
+    from fastdavs.data.audio import FIRST_FRAME, SAMPLE_RATE
     from fastdavs.data.video_io import read_clip, write_mp4
-    from fastdavs.evaluate import shuffled_partners
+    from fastdavs.evaluate.run import shuffled_partners
 
     s = model.cfg.image_size
     device = next(model.parameters()).device

@@ -48,7 +48,7 @@ from torch import nn
 from fastdavs import __version__
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.errors import CheckpointError, DataError
-from fastdavs.manifest import check_files, file_entry, read_config
+from fastdavs.io.manifest import check_files, file_entry, read_config
 from fastdavs.model import DavsModel
 
 log = logging.getLogger(__name__)

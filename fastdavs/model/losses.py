@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdavs.config import LossWeights
+from fastdavs.kernels.contrastive import contrastive_loss as fused_contrastive_loss
 
 Box = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels, as DavsConfig.mouth_box_px
 
@@ -45,19 +46,6 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- word-ID space --------------------------------------------------------------------------
-def sequence_embedding(wid: torch.Tensor) -> torch.Tensor:
-    """The contrastive space's embedding of word-ID sequences: each row flattened frame-major
-    and L2-normalised, in at least float32 (what `contrastive_loss` compares; evaluation
-    retrieves with it).
-
-    Args:
-        wid: [B, T, D] per-frame word-ID features (or [B, D]).
-
-    Returns: [B, T*D].
-    """
-    return F.normalize(_wide(wid).flatten(1), dim=1)
-
-
 def contrastive_loss(
     audio_emb: torch.Tensor,
     video_emb: torch.Tensor,
@@ -65,48 +53,24 @@ def contrastive_loss(
     *,
     backend: str = "ref",
 ) -> torch.Tensor:
-    """L2 contrastive loss between paired audio and video sequence embeddings (`L2ContrastiveLoss`).
+    """L2 contrastive loss between paired audio and video sequence embeddings (`L2ContrastiveLoss`):
+    `fastdavs.kernels.contrastive.contrastive_loss`, whose reference `contrastive_loss_ref` is the
+    definition (every in-batch non-matching pair is a negative; rows L2-normalised by
+    `sequence_embedding`).
 
     Args:
         audio_emb: [B, D] or [B, T, D] (flattened to [B, T*D], e.g. 12 x 256 = 3072).
         video_emb: same shape as `audio_emb`; row i is paired with audio row i.
         margin: negatives closer than this are pushed apart.
-        backend: ``"ref"`` (this function's own maths, the default), ``"auto"`` or ``"triton"``
-            (`fastdavs.kernels.contrastive.contrastive_loss`: the fused kernel on CUDA, O(B D)
-            memory, same value and gradients).
+        backend: ``"ref"`` (the definition, O(B^2 D) memory; the default), ``"auto"`` or
+            ``"triton"`` (the fused kernel on CUDA, O(B D) memory, same value and gradients).
 
-    Rows are L2-normalised, d_ij = ||v_i - a_j|| (video row i, audio column j) and
-        loss = (sum_i d_ii^2 + sum_{i != j} max(0, margin - d_ij)^2) / (2B),
-    so every in-batch non-matching pair is a negative. The positive term uses the squared
-    distance directly, and the negatives take sqrt(max(d^2, eps^2)) with eps the dtype's machine
-    epsilon: the gradient of sqrt at 0 would be infinite (NaN after the chain rule), and a floor
-    of one ulp of 1.0 leaves the value unchanged at the dtype's precision. Gradients are finite
-    for B = 1 and for identical rows. The original detaches the video side during generation
-    training; that is the caller's choice (pass `video_emb.detach()`). Memory is O(B^2 * D):
-    this is the definition the fused kernel is tested against, not the fast path.
+    The original detaches the video side during generation training; that is the caller's
+    choice (pass `video_emb.detach()`).
 
     Returns: 0-d tensor.
     """
-    if backend != "ref":
-        # Imported here: the kernel module imports this one (its reference).
-        from fastdavs.kernels.contrastive import contrastive_loss as fused
-
-        return fused(audio_emb, video_emb, margin, backend=backend)
-    if audio_emb.shape != video_emb.shape or audio_emb.dim() < 2:
-        raise ValueError(
-            f"contrastive_loss: audio {tuple(audio_emb.shape)} and video "
-            f"{tuple(video_emb.shape)} must have the same [B, D] or [B, T, D] shape"
-        )
-    a = sequence_embedding(audio_emb)  # [B, D]
-    v = sequence_embedding(video_emb)  # [B, D]
-    b = a.shape[0]
-    sq = (v[:, None, :] - a[None, :, :]).pow(2).sum(-1)  # [B, B] squared distances d_ij^2
-    eps = torch.finfo(sq.dtype).eps
-    dist = sq.clamp(min=eps * eps).sqrt()  # [B, B]
-    eye = torch.eye(b, dtype=torch.bool, device=sq.device)
-    negatives = (margin - dist).clamp(min=0).pow(2).masked_fill(eye, 0).sum()
-    positives = sq.diagonal().sum()
-    return (positives + negatives) / (2 * b)
+    return fused_contrastive_loss(audio_emb, video_emb, margin, backend=backend)
 
 
 def modality_discriminator_loss(

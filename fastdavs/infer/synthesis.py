@@ -37,13 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdavs.checkpoint import load_model
 from fastdavs.config import DavsConfig
-from fastdavs.engines.export import IdentityGraph, decode_frames
-from fastdavs.engines.runtime import IdentityCache
 from fastdavs.errors import OptionError
-from fastdavs.losses import mouth_mask
+from fastdavs.io.checkpoint import load_model
 from fastdavs.model import DavsModel, MouthEditor
+from fastdavs.model.face_code import IdentityCache, IdentityGraph, decode_frames
+from fastdavs.model.losses import mouth_mask
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class Synthesizer:
         Raises:
             CheckpointError: missing or damaged checkpoint; OptionError: bad device.
         """
-        from fastdavs.train_step import cpu_has_native_bf16
+        from fastdavs.machine import cpu_has_native_bf16
 
         dev = parse_device(device)
         model = load_model(path).to(dev).eval().requires_grad_(False)
@@ -188,7 +187,7 @@ class Synthesizer:
     @torch.inference_mode()
     def identity(self, face) -> IdentityCache:
         """face [3, S, S] float in [0, 1] (or [S, S, 3] uint8) -> IdentityCache of one face
-        (its tensors have batch 1; `fastdavs.engines.export.identity_shapes` names them)."""
+        (its tensors have batch 1; `fastdavs.model.face_code.identity_shapes` names them)."""
         x = self._faces(face, "identity")[:1]
         if self.engine is not None:
             return self.engine.identity(x)

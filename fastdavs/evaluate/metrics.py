@@ -8,7 +8,8 @@ runs a model. The image metrics return per-item values: callers average.
 - association:     `retrieval` (audio <-> video R@1/5/10, median and mean rank, both ways);
 - disentangling:   `linear_probe` (identity from word-ID features, word from person-ID features);
 - generation:      `psnr`, `ssim` (full frame, or the mouth via a mask / box); `ridge_regression`
-                   and `r2_score` for regression probes (the jaw probe of `fastdavs.jaw_probe`);
+                   and `r2_score` for regression probes (the jaw probe of
+                   `fastdavs.evaluate.jaw_probe`);
 - sync:            `sync_scores` (LSE-D / LSE-C in the manner of SyncNet, on the model's own
                    per-frame word-ID embeddings).
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastdavs.losses import Box
+from fastdavs.model.losses import Box
 
 F64 = torch.float64
 # Elements of one image chunk in float64 (16 MiB): bounds the memory of psnr/ssim on long clips.

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.distributed as dist
 from fastdavs.cli import Parser, add_config_args, config_from_args, run
 from fastdavs.config import DavsConfig
 from fastdavs.errors import OptionError
-from fastdavs.steps import STAGES
+from fastdavs.train.stages import STAGES
 
 PROG = "fastdavs-train"
 SYNTH_VERSION = 3  # bump when SynthLRW's content changes, so caches are rebuilt (3: 120 identities)
@@ -69,9 +68,9 @@ def cache_dir() -> Path:
 
 def embedded_data(image_size: int) -> Path:
     """SynthLRW, generated and prepared for `image_size` once, then reused."""
+    from fastdavs.data.prepare import prepare
     from fastdavs.data.shards import INDEX_FILE
     from fastdavs.data.synth import SynthConfig, generate
-    from fastdavs.prepare import prepare
 
     synth = SynthConfig(size=256 if image_size > 128 else 128)
     root = cache_dir() / f"synthlrw-v{SYNTH_VERSION}-{synth.size}px-seed{synth.seed}"
@@ -135,7 +134,7 @@ def _distributed() -> bool:
 
 
 def _train(argv: Sequence[str] | None) -> None:
-    from fastdavs.trainer import RunOptions, Trainer
+    from fastdavs.train.loop import RunOptions, Trainer
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args, args.preset or default_preset())
@@ -190,7 +189,3 @@ def _train(argv: Sequence[str] | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run(PROG, _train, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ generation quality (beside the identity-copy baseline and shuffled-speech contro
 opening read from pixels against SynthLRW's ground truth) and sync on held-out clips, as a
 metrics JSON and a readable table.
 
-The evaluation itself is `fastdavs.evaluate`; this module finds the checkpoint, the data (the
+The evaluation itself is `fastdavs.evaluate.run`; this module finds the checkpoint, the data (the
 run's `run.json` unless --data is given) and where to write (RUN/eval.json unless --out).
 
 Disentanglement is judged against its ablation: a run trained the same way with
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fastdavs.checkpoint import (
+from fastdavs.cli import Parser, run
+from fastdavs.errors import DataError, FastdavsError
+from fastdavs.evaluate.run import check_writable, evaluate, format_table, write_results
+from fastdavs.io.checkpoint import (
     CHECKPOINTS,
     TRAINER,
     latest_checkpoint,
@@ -31,9 +33,6 @@ from fastdavs.checkpoint import (
     run_data,
     run_dir,
 )
-from fastdavs.cli import Parser, run
-from fastdavs.errors import DataError, FastdavsError
-from fastdavs.evaluate import check_writable, evaluate, format_table, write_results
 
 PROG = "fastdavs-eval"
 RESULTS_FILE = "eval.json"
@@ -146,7 +145,3 @@ def _evaluate(argv: Sequence[str] | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run(PROG, _evaluate, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

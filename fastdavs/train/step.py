@@ -2,8 +2,8 @@
 
 `TrainStep` owns a stage's Adam optimisers, mixed precision (autocast, and a gradient scaler
 with float16: the default on CUDA) and data parallelism (`DistributedDataParallel`, one wrapper
-per optimiser side); a call runs `fastdavs.steps` forward, the D side (backward, step) and the G
-side, skipping a side whose loss or gradients are not finite, then updates the scaler's scale
+per optimiser side); a call runs `fastdavs.train.stages` forward, the D side (backward, step) and
+the G side, skipping a side whose loss or gradients are not finite, then updates the scaler's scale
 once. It waits for the device once
 per side (that finite check) and hands the loss parts back as device tensors, so that the
 trainer reads them only when it logs. The trainer adds data, logging and checkpoints around
@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
-from fastdavs import steps
 from fastdavs.config import DavsConfig
 from fastdavs.machine import cpu_has_native_bf16
 from fastdavs.model import DavsModel
+from fastdavs.train import stages
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class TrainStep:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def __call__(self, stage: str, batch: dict) -> dict[str, torch.Tensor] | None:
-        """One D step then one G step (only the G step for `steps.ONE_SIDED` stages).
+        """One D step then one G step (only the G step for `stages.ONE_SIDED` stages).
 
         Returns the loss parts (detached 0-d tensors on the model's device: reading them is
         the caller's choice, and costs a device sync), or None if a side was skipped. With a
@@ -200,15 +200,15 @@ class TrainStep:
             """The G loss, after the D step for two-sided stages (its backward and optimizer
             step included: the G loss is read through the updated discriminators)."""
             nonlocal d_ok
-            if stage in steps.ONE_SIDED:
+            if stage in stages.ONE_SIDED:
                 with nvtx.annotate("forward", color="green"), self.autocast():
-                    return steps.ONE_SIDED[stage](model, batch)
+                    return stages.ONE_SIDED[stage](model, batch)
             with nvtx.annotate("forward", color="green"), self.autocast():
-                fwd = steps.forward(model, batch, stage)
-                d_loss, p = self._run("d", steps.discriminator_loss, model, fwd, batch)
+                fwd = stages.forward(model, batch, stage)
+                d_loss, p = self._run("d", stages.discriminator_loss, model, fwd, batch)
             d_ok = self._apply("d", d_loss, p, parts)
             with nvtx.annotate("forward", color="green"), self.autocast():
-                return steps.generator_loss(model, fwd, batch, stage)
+                return stages.generator_loss(model, fwd, batch, stage)
 
         g_loss, p = self._run("g", g_side, self.model, batch)
         ok = self._apply("g", g_loss, p, parts) and d_ok

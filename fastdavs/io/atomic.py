@@ -2,7 +2,7 @@
 directory, then `os.replace` it over the target (atomic on POSIX). A crash or an error while
 writing leaves whatever was at the target before, and removes the temporary file.
 
-Checkpoints (`fastdavs.checkpoint`) and mp4s (`fastdavs.data.video_io.write_mp4`) build on the
+Checkpoints (`fastdavs.io.checkpoint`) and mp4s (`fastdavs.data.video_io.write_mp4`) build on the
 same rule with more steps of their own.
 """
 

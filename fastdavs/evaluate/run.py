@@ -4,14 +4,14 @@
     shards ──DavsDataset(train=False)──► batch ──encoders──► wid_a, wid_v, pid ──► accumulators
                                                  └─generate(pid, wid_a | wid_v)──► per-clip PSNR,
                                                    SSIM, lip reading and sync of the fake video
-    accumulators ──fastdavs.metrics──► results dict ──format_table / write_results
+    accumulators ──fastdavs.evaluate.metrics──► results dict ──format_table / write_results
 
 Every clip of the split is one item: its L = seq_len frames at stride 2 (centred), their MFCC
 windows and a fixed identity frame of the same clip, exactly as the validation batches of
 training. What is measured:
 
 - lip reading: word accuracy from audio, from video, and fused (the sum of the two logits);
-- retrieval: audio <-> video R@1/5/10 and ranks on `losses.sequence_embedding` (the space the
+- retrieval: audio <-> video R@1/5/10 and ranks on `sequence_embedding` (the space the
   contrastive loss trains), over all clips of the split at once;
 - disentanglement probes (`metrics.linear_probe`): identity from the clip-mean word-ID vector
   (audio and video separately: the two encoders can leak different cues, voice and face), and
@@ -31,7 +31,8 @@ training. What is measured:
   The identity frame is one of the clip's stored frames and may be one of the L scored ones:
   that frame is left out of every image score and of the jaw R^2 (a copy would score it
   perfectly, +inf dB), so each clip averages L or L - 1 frames;
-- jaw opening R^2 (`fastdavs.jaw_probe`, SynthLRW only): a ridge regression on mouth pixels,
+- jaw opening R^2 (`fastdavs.evaluate.jaw_probe`, SynthLRW only): a ridge regression on mouth
+pixels,
   fitted on real frames of the train split against the ground-truth jaw viseme, reads the jaw
   of every evaluated frame; R^2 against the truth for each generation above, for the real
   frames (the probe's ceiling) and for the copy (the floor: a constant per clip, about 0 or
@@ -60,14 +61,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastdavs.atomic import write_json
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import INDEX_FILE, ShardIndex, ShardSet, load_index
 from fastdavs.errors import DataError
-from fastdavs.jaw_probe import JAW, JawProbe, fit_jaw_probe
-from fastdavs.losses import mouth_mask, sequence_embedding
-from fastdavs.metrics import (
+from fastdavs.evaluate.jaw_probe import JAW, JawProbe, fit_jaw_probe
+from fastdavs.evaluate.metrics import (
     linear_probe,
     psnr,
     r2_score,
@@ -76,7 +75,10 @@ from fastdavs.metrics import (
     sync_scores,
     word_accuracy,
 )
+from fastdavs.io.atomic import write_json
+from fastdavs.kernels.contrastive import sequence_embedding
 from fastdavs.model import DavsModel
+from fastdavs.model.losses import mouth_mask
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +424,9 @@ def format_table(results: dict) -> str:
         f"{r['identities']} identities, {r['words']} words  ({r['seconds']:.1f} s)"
     ]
     lr = r["lip_reading"]
-    ablation = r.get("ablation")  # the --no-disentangle run's results (fastdavs.eval), or None
+    ablation = r.get(
+        "ablation"
+    )  # the --no-disentangle run's results (fastdavs.evaluate.cli), or None
     text = f"audio {num(lr['audio'])}  video {num(lr['video'])}  fused {num(lr['fused'])}"
     if ablation is not None:
         a = ablation["lip_reading"]
@@ -522,7 +526,7 @@ def check_writable(path: str | Path) -> None:
 
 
 def write_results(results: dict, path: str | Path) -> Path:
-    """Write `results` as indented JSON to `path` atomically (`fastdavs.atomic`: a reader never
+    """Write `results` as indented JSON to `path` atomically (`fastdavs.io.atomic`: a reader never
     sees half a file), creating its directory; return the path. A perfect reconstruction's PSNR
     is infinite and written as `Infinity`, which Python's `json` reads back.
 

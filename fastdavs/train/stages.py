@@ -1,4 +1,4 @@
-"""The losses of the DAVS training stages, composed from the model and `fastdavs.losses`.
+"""The losses of the DAVS training stages, composed from the model and `fastdavs.model.losses`.
 
     pid     identity pretraining:  CE(IdentityClassifier(E_p(frame)), person)
     wid     shared word space:     CE_a + CE_v (shared classifier) + contrastive + modality flip
@@ -17,8 +17,8 @@ activations and a generator-side loss; the trainer steps D first, then G, as the
 identity [B,3,S,S], frames [B,L,3,S,S], mfcc [B,L,20,12], gen_start [B], adv_frames [B,P,3,S,S],
 word [B], identity_label [B] (-1 where unknown). Every loss function returns (loss, parts), where
 parts maps a loss name to its unweighted value (detached), for logging. Every term, and so the
-total, is float32 (at least) under autocast too (`fastdavs.losses`: 16-bit terms would overflow
-once weighted and scaled).
+total, is float32 (at least) under autocast too (`fastdavs.model.losses`: 16-bit terms would
+overflow once weighted and scaled).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from torch import nn
 
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import take_run
-from fastdavs.losses import (
+from fastdavs.model import DavsModel, EncodedIdentity
+from fastdavs.model.losses import (
     contrastive_loss,
     cross_entropy,
     gan_loss,
@@ -44,7 +45,6 @@ from fastdavs.losses import (
     smoothness_loss,
     uniform_softmax_loss,
 )
-from fastdavs.model import DavsModel, EncodedIdentity
 
 STAGES = ("pid", "wid", "render", "gen")
 SOFT_LABELS = 0.1  # discriminator targets: real 1 - U(0, 0.1), fake U(0, 0.1)

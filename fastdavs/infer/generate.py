@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastdavs.audio import FPS
 from fastdavs.cli import Parser, run
+from fastdavs.data.audio import FPS
 from fastdavs.data.video_io import Mp4Writer
-from fastdavs.driving import AudioDriver, VideoDriver, output_frames
 from fastdavs.errors import OptionError
-from fastdavs.face_input import Compositor, load_face
-from fastdavs.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer, parse_device
+from fastdavs.infer.driving import AudioDriver, VideoDriver, output_frames
+from fastdavs.infer.face_input import Compositor, load_face
+from fastdavs.infer.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer, parse_device
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Sealed directories: a `config.json` that vouches for the files beside it by size and SHA-256.
 
-Checkpoints (`fastdavs.checkpoint`) and engine directories (`fastdavs.engines.engine_dir`) are
+Checkpoints (`fastdavs.io.checkpoint`) and engine directories (`fastdavs.engines.engine_dir`) are
 both written this way and checked this way before anything in them is read: the config's format
 and version first, then every listed file. Each caller passes its own error type and the remedy
 its messages end with ("rebuild it with fastdavs-build-engine", ...).

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from fastdavs.data.shards import FRAMES_PER_CLIP, ShardSet
-from fastdavs.losses import Box
-from fastdavs.metrics import Ridge, r2_score, ridge_regression
+from fastdavs.evaluate.metrics import Ridge, r2_score, ridge_regression
+from fastdavs.model.losses import Box
 
 MAX_CLIPS = 256  # fit clips (25 frames each): ~6,400 frames, under a second on 2 cores
 MAX_SIDE = 32  # pixels of the pooled box's longer side, at most

@@ -1,10 +1,10 @@
 """The training loop: stages pid -> wid -> render -> gen over prepared shards, with checkpoints,
 resume, a non-finite guard, mixed precision, NVTX ranges and multi-process data parallelism.
 
-    shards ──DavsDataset/make_loader──► batch ──steps.forward──► D step ──► G step ──► log
+    shards ──DavsDataset/make_loader──► batch ──stages.forward──► D step ──► G step ──► log
                                                                    └── every N: checkpoint
 
-One step (optimisers, precision, data parallelism) is `fastdavs.train_step.TrainStep`.
+One step (optimisers, precision, data parallelism) is `fastdavs.train.step.TrainStep`.
 Each stage has its own Adam optimisers (lr and betas from `cfg.optim`; with `lr_decay`, the `gen`
 lr falls over its scheduled steps, whatever `--steps` bounds the run to): `pid` trains the
 identity encoder and its classifier; `wid` the audio and video encoders and the shared word
@@ -43,17 +43,17 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 import fastdavs
-from fastdavs import steps
-from fastdavs.atomic import write_json, write_text
-from fastdavs.checkpoint import RUN_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.errors import FastdavsError
+from fastdavs.io.atomic import write_json, write_text
+from fastdavs.io.checkpoint import RUN_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastdavs.machine import machine_info
 from fastdavs.model import DavsModel
-from fastdavs.runlog import plot_losses, sample_grid, sample_video
-from fastdavs.train_step import TrainStep, retain_heap
+from fastdavs.train import stages
+from fastdavs.train.runlog import plot_losses, sample_grid, sample_video
+from fastdavs.train.step import TrainStep, retain_heap
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RunOptions:
 
     data: Path  # prepared shards
     out: Path  # run directory
-    stages: tuple[str, ...] = steps.STAGES
+    stages: tuple[str, ...] = stages.STAGES
     amp: bool = False
     max_steps: int | None = None  # bound on each stage's steps (quick runs)
     resume: bool = False
@@ -231,7 +231,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """fastdavs-eval on the held-out identities, written to RUN/eval.json and printed."""
-        from fastdavs.evaluate import evaluate, format_table, write_results
+        from fastdavs.evaluate.run import evaluate, format_table, write_results
 
         results = evaluate(self.model, self.opts.data, device=str(self.device))
         results["checkpoint"] = str(latest_checkpoint(self.opts.out))
@@ -330,7 +330,7 @@ class Trainer:
         """Drop the records a killed run logged after the checkpoint it resumes from."""
         if self.rank != 0 or not self.metrics_path.exists():
             return
-        order = {s: i for i, s in enumerate(steps.STAGES)}
+        order = {s: i for i, s in enumerate(stages.STAGES)}
         here = (order[self.pos.stage], self.pos.step)
         kept = [
             line

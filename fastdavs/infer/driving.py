@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdavs.audio import (
+from fastdavs.data.align import align_frames, smooth_points
+from fastdavs.data.audio import (
     FPS,
     HOP,
     LEAD_SAMPLES,
@@ -40,7 +41,6 @@ from fastdavs.audio import (
     mfcc,
     mfcc_windows,
 )
-from fastdavs.data.align import align_frames, smooth_points
 from fastdavs.data.face_detect import track_faces
 from fastdavs.data.video_io import (
     iter_video_frames,
@@ -49,7 +49,7 @@ from fastdavs.data.video_io import (
     video_frame_rate,
 )
 from fastdavs.errors import DataError
-from fastdavs.face_input import centre_crop
+from fastdavs.infer.face_input import centre_crop
 
 log = logging.getLogger(__name__)
 
