@@ -1,20 +1,24 @@
 """fastdavs: a fast re-implementation of DAVS talking-face generation (AAAI 2019).
 
-Where things live, in data-flow order (each layer imports only the ones above it):
+Where things live, lowest layer first (a module imports only its own layer or those below;
+tests/test_layering.py holds the list):
 
-    config, errors, machine, cli   the run's configuration, error type, machine facts, flag parsing
-    kernels/    (fastdavs.kernels) fused Triton kernels with their eager references; imports no
+    kernels/    (fastdavs.kernels) fused Triton kernels beside their plain-PyTorch references
+                (the MFCC recipe, the contrastive loss, temporal convolutions); imports no
                 other fastdavs module
-    data/       SynthLRW, LRW reading, face alignment, the MFCC front end, shards, the Dataset,
-                `fastdavs-prepare`
-    model/      the DAVS networks and their losses
-    io/         atomic files and directories, checkpoints, manifests
-    train/      the training stages, one step, the loop, `fastdavs-train`
-    evaluate/   metrics, the jaw probe, `fastdavs-eval`
-    infer/      `Synthesizer`, driving inputs, face input, `fastdavs-generate`
+    errors, config, machine, cli   error types, the model's configuration, this machine's
+                facts, flags and the commands' error handling; io/atomic (files and directories
+                written whole or not at all)
+    data/       SynthLRW, LRW reading, face detection and alignment, the MFCC front end
+                (`audio`), shards, the Dataset, `fastdavs-prepare`
+    model/      the DAVS networks, their losses, the per-face tensors the generator reads
+    io/         checkpoints and run directories, manifests
+    evaluate/   metrics, the jaw probe, the evaluation, `fastdavs-eval`
+    train/      the losses of each stage, one step, the loop, `fastdavs-train`
     engines/    (fastdavs.engines) ONNX Runtime, OpenVINO and TensorRT engines,
                 `fastdavs-build-engine`
-    stream      real-time synthesis from a live audio stream (`fastdavs.stream`)
+    infer/      `Synthesizer`, driving inputs, the face to animate, `fastdavs-generate`
+    stream      real-time synthesis from audio chunks as they arrive (`fastdavs.stream`)
 
 Importing `fastdavs` imports nothing else; `fastdavs.Synthesizer` loads `fastdavs.infer` on use.
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.errors import FastdavsError
+from fastdavs.errors import FastdavsError, OptionError
 
 FORCE_BF16_ENV = "FASTDAVS_NATIVE_BF16"
 # CPU flags (as /proc/cpuinfo names them) that change which kernels run: oneDNN's and torch's
@@ -117,3 +117,16 @@ def machine_summary(info: dict | None = None) -> str:
         f"{info['cpu']}, {info['cores']} cores, {isa}, {bf16}{limit}{gpu}, "
         f"torch {info['versions']['torch']}"
     )
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """`--device` as a torch.device, refusing one this machine does not have (OptionError)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise OptionError(f"--device {device}: not a device name ({e}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise OptionError(f"--device {device}: only cpu and cuda are supported")
+    return dev

@@ -311,7 +311,7 @@ def prepare(
     cuda for the fused Triton kernel; decoding and alignment stay on the CPU processes)."""
     if not 0.0 <= min_face_share <= 1.0:
         raise OptionError(f"--min-face-share {min_face_share}: must be between 0 and 1")
-    from fastdavs.infer.synthesis import parse_device
+    from fastdavs.machine import parse_device
 
     device = str(parse_device(device))
     import hashlib

@@ -35,7 +35,8 @@ from fastdavs.data.video_io import Mp4Writer
 from fastdavs.errors import OptionError
 from fastdavs.infer.driving import AudioDriver, VideoDriver, output_frames
 from fastdavs.infer.face_input import Compositor, load_face
-from fastdavs.infer.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer, parse_device
+from fastdavs.infer.synthesis import DEFAULT_BATCH, FINETUNE_WINDOWS, Synthesizer
+from fastdavs.machine import parse_device
 
 log = logging.getLogger(__name__)
 

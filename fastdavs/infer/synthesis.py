@@ -40,6 +40,7 @@ import torch
 from fastdavs.config import DavsConfig
 from fastdavs.errors import OptionError
 from fastdavs.io.checkpoint import load_model
+from fastdavs.machine import cpu_has_native_bf16, parse_device
 from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.model.face_code import IdentityCache, IdentityGraph, decode_frames
 from fastdavs.model.losses import mouth_mask
@@ -53,20 +54,7 @@ FINETUNE_MOUTH_WEIGHT = 1e-3  # ... and the relative weight of the mouth box: th
 # image's mouth is not the one the speech asks for, so it is almost left out
 FINETUNE_WINDOWS = 5  # speech features the original fine-tunes on (its first 5 windows)
 
-__all__ = ["IdentityCache", "Synthesizer", "parse_device"]
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """`--device` as a torch.device, refusing one this machine does not have (OptionError)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise OptionError(f"--device {device}: not a device name ({e}); use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise OptionError(f"--device {device}: only cpu and cuda are supported")
-    return dev
+__all__ = ["IdentityCache", "Synthesizer"]
 
 
 class Synthesizer:
@@ -113,8 +101,6 @@ class Synthesizer:
         Raises:
             CheckpointError: missing or damaged checkpoint; OptionError: bad device.
         """
-        from fastdavs.machine import cpu_has_native_bf16
-
         dev = parse_device(device)
         model = load_model(path).to(dev).eval().requires_grad_(False)
         amp_dtype = None
