@@ -1,8 +1,10 @@
 """fastdavs.kernels: fused Triton kernels (temporal convolution, MFCC front end, contrastive
 loss), each beside its plain-PyTorch reference. Installed from the top-level `kernels/` folder.
 
-The plain-PyTorch references they are tested against live in `fastdavs.data.audio` and
-`fastdavs.model.losses`.
+Each op's plain-PyTorch reference (the definition it is tested against) sits beside it:
+`mfcc_ref` with the MFCC recipe's constants and matrices, `contrastive_loss_ref` with
+`sequence_embedding`, `temporal_conv_ref`. The bottom layer: nothing here imports another
+fastdavs module (`fastdavs.data.audio` and `fastdavs.model.losses` call in from above).
 """
 
 from fastdavs.kernels.contrastive import (
