@@ -1,7 +1,7 @@
 """Files and directories that appear whole or not at all, and stay after a power cut.
 
-Everything is first written under a hidden temporary name beside its target (same directory,
-so the final rename never crosses file systems), made durable, then renamed over the target:
+Everything is first written under a temporary name beside its target (same directory, so the
+final rename never crosses file systems), made durable, then renamed over the target:
 
     replace_with / write_text / write_json    one file: `.NAME.tmp-XXXXXXXX[.suffix]`
     atomic_dir / publish_dir                  one directory tree: `.NAME.tmp-XXXXXXXX` or a name
@@ -137,7 +137,9 @@ def atomic_dir(
     publish_dir(tmp, final, replace=replace)
 
 
-def publish_dir(staging: str | os.PathLike, final: str | os.PathLike, *, replace=False) -> Path:
+def publish_dir(
+    staging: str | os.PathLike, final: str | os.PathLike, *, replace: bool = False
+) -> Path:
     """Rename the finished directory `staging` to `final`, durably; return `final`.
 
     In order: every regular file under `staging` is fsynced, then each directory (deepest
