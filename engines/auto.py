@@ -4,12 +4,14 @@ and keep the fastest that holds parity.
     candidates   every backend x precision asked for ("auto": all of them), less those that cannot
                  be built here, each with its reason (no TensorRT or GPU, no native bf16, fp16 on
                  a CPU, int8 without calibration data, a precision the backend does not offer)
-    each         `build_engine` into OUT.tmp-XXXXXXXX/<backend>-<precision>, with its own parity
+    each         `build_engine` into STAGING/<backend>-<precision> (STAGING: the hidden sibling
+                 of OUT that `fastdavs.io.atomic.atomic_dir` publishes), with its own parity
                  check (a refusal is recorded, not fatal), then frames/s of `Engine.frames` at the
                  batch profile's opt size: the median of calls after a warm-up call, on random
                  inputs, in this process, one candidate after the other
-    the fastest  renamed to OUT; its config.json gains "selection": every candidate's frames/s
-                 and parity, or why it was left out
+    the fastest  its files move up into STAGING, the others are deleted, and STAGING replaces
+                 OUT; its config.json gains "selection": every candidate's frames/s and parity,
+                 or why it was left out
 
 Speed depends on the CPU (vector width, native bf16, VNNI), so the choice is this machine's:
 the log says which engine won and by how much.
@@ -27,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from fastdavs.engines import engine_dir
 from fastdavs.engines.builder import (
     AUTO,
     BACKENDS,
@@ -37,12 +38,12 @@ from fastdavs.engines.builder import (
     calibration_data,
     check_backend,
 )
-from fastdavs.engines.engine_dir import CONFIG
+from fastdavs.engines.engine_dir import CONFIG, check_out_dir
 from fastdavs.engines.errors import EngineError
 from fastdavs.engines.export import checkpoint_dir
 from fastdavs.engines.parity import random_inputs
 from fastdavs.errors import FastdavsError
-from fastdavs.io.atomic import write_json
+from fastdavs.io.atomic import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def build_fastest(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> 
     from fastdavs.engines.runtime import load
 
     out = Path(out)
-    engine_dir.check_out_dir(out)
+    check_out_dir(out)
     ckpt = checkpoint_dir(checkpoint)
     todo, skipped = candidates(cfg, ckpt)
     for name, reason in skipped.items():
@@ -110,8 +111,7 @@ def build_fastest(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> 
     batch = cfg.batch[1]
     tried: dict[str, dict] = {n: {"skipped": r} for n, r in skipped.items()}
     selection: dict = {"batch": batch, "candidates": tried}
-    root = engine_dir.staging_dir(out)
-    try:
+    with atomic_dir(out, replace=True) as root:
         results = {}
         for one in todo:
             name = name_of(one)
@@ -135,10 +135,13 @@ def build_fastest(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> 
         selection["chosen"] = best
         meta = json.loads((built / CONFIG).read_text())
         meta["selection"] = selection
-        write_json(built / CONFIG, meta, fsync=True)
-        engine_dir.publish(built, out)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        write_json(built / CONFIG, meta)
+        # The staging directory becomes the chosen engine: its files move up, the others go.
+        for other in [d for d in root.iterdir() if d != built]:
+            shutil.rmtree(other)
+        for file in list(built.iterdir()):
+            file.rename(root / file.name)
+        built.rmdir()
     ranked = sorted(results, key=lambda n: -results[n][0])
     others = ", ".join(f"{n} {results[n][0]:.1f}" for n in ranked if n != best)
     log.info(

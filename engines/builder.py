@@ -53,7 +53,7 @@ from fastdavs.engines.export import (
 )
 from fastdavs.engines.parity import measure
 from fastdavs.engines.rewrite import for_export
-from fastdavs.io.atomic import write_json
+from fastdavs.io.atomic import atomic_dir, write_json
 from fastdavs.io.checkpoint import run_data
 from fastdavs.machine import machine_info
 from fastdavs.model.face_code import identity_shapes
@@ -131,8 +131,8 @@ def build_engine(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> P
     start = time.perf_counter()
     log.info("[1/4] loading %s", ckpt)
     model = reference_model(ckpt)
-    tmp = engine_dir.staging_dir(out)
-    try:
+    # Rebuilding replaces the engine at `out` (check_out_dir refused anything else).
+    with atomic_dir(out, replace=True) as tmp:
         work = tmp / ".work"
         work.mkdir()
         times = {}
@@ -166,11 +166,7 @@ def build_engine(checkpoint: str | Path, out: str | Path, cfg: BuildConfig) -> P
         times["parity_s"] = time.perf_counter() - t
         times["total_s"] = time.perf_counter() - start
         meta.update(parity=parity.to_dict(), times={k: round(v, 3) for k, v in times.items()})
-        write_json(tmp / CONFIG, meta, fsync=True)
-        engine_dir.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / CONFIG, meta)
     log.info("wrote %s in %.1f s", out, times["total_s"])
     return out
 

@@ -10,18 +10,17 @@
                                         build config, versions, host, checkpoint digest, the size
                                         and SHA-256 of every artifact, parity and build times
 
-A build writes into `DIR.tmp-XXXXXXXX` beside DIR and renames it to DIR only once the engine has
-passed its parity check, so DIR is always a complete engine or absent. Rebuilding over an engine
-directory replaces it (reusing its timing cache); any other existing DIR is refused.
+A build writes into a hidden `.DIR.tmp-XXXXXXXX` beside DIR and publishes it to DIR
+(`fastdavs.io.atomic.atomic_dir`: every file fsynced, the rename, the parent fsynced) only once
+the engine has passed its parity check, so DIR is always a complete engine or absent. Rebuilding
+over an engine directory replaces it in one step (reusing its timing cache), so DIR never goes
+missing; any other existing DIR is refused (`check_out_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 from fastdavs.config import ConfigError, DavsConfig
@@ -112,29 +111,3 @@ def _is_engine(path: Path) -> bool:
         return json.loads((path / CONFIG).read_bytes()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def staging_dir(out: Path) -> Path:
-    """A fresh `OUT.tmp-XXXXXXXX` beside `out` to build into."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    return tmp
-
-
-def publish(tmp: Path, out: Path) -> Path:
-    """Rename the finished `tmp` to `out`, replacing an earlier engine directory there."""
-    for file in tmp.iterdir():  # the data reaches the disk before the rename makes it visible
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out

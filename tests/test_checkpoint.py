@@ -216,6 +216,7 @@ def test_leftovers_of_a_killed_save_are_ignored_then_removed(tmp_path):
     (stale / MODEL).write_bytes((first / MODEL).read_bytes()[:100])
     (stale / CONFIG).write_bytes((first / CONFIG).read_bytes())
     (ckpt_dir / ".tmp-latest-0badc0de").write_text("step_0")
+    (ckpt_dir / ".latest.tmp-0badc0de").write_text("step_0")  # replace_with's temporary
     assert latest_checkpoint(tmp_path) == first
     second = save_checkpoint(tmp_path, "step_000002", model, trainer_state={"step": 2})
     assert sorted(os.listdir(ckpt_dir)) == ["latest", "step_000001", "step_000002"]
@@ -234,6 +235,22 @@ def test_keep_prunes_the_oldest_and_resaving_a_name_replaces_it(tmp_path):
     assert load_checkpoint(tmp_path)[1] == {"i": 44}
     save_checkpoint(tmp_path, "step_000005", model, keep=1)
     assert sorted(os.listdir(ckpt_dir)) == ["latest", "step_000005"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is renameat2's")
+def test_resaving_a_name_never_leaves_it_missing(tmp_path, monkeypatch):
+    model = DavsModel(TINY)
+    final = save_checkpoint(tmp_path, "step_000001", model, trainer_state={"i": 1})
+    real = os.rename
+
+    def rename(src, dst):  # moving the old checkpoint aside or away would open a window
+        assert final.is_dir(), f"{final} missing when renaming {src} to {dst}"
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    save_checkpoint(tmp_path, "step_000001", model, trainer_state={"i": 2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_000001"]
+    assert load_checkpoint(final)[1] == {"i": 2}
 
 
 def test_latest_survives_a_missing_or_damaged_latest_file(tmp_path, caplog):

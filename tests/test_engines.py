@@ -241,7 +241,7 @@ def test_parity_violation_fails_the_build_and_writes_nothing(ckpt_of, tmp_path, 
     out = tmp_path / "eng"
     with pytest.raises(ParityError, match=r"differ from eager PyTorch.*max abs error"):
         build_engine(ckpt_of, out, BuildConfig())
-    assert not out.exists() and list(tmp_path.iterdir()) == []  # no DIR.tmp-* left either
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no .DIR.tmp-* left either
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

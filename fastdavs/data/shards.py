@@ -30,8 +30,9 @@ stored (the original loads frames 2..26 with `2.bin`..`26.bin`, spec/davs.md §3
 Format versions: 2 added the optional `viseme.npy`; shards and indexes of version 1 (never
 holding it) are still read, and `ShardSet.visemes` is None for them.
 
-Atomicity and resuming: a shard is written into `shard_XXXXX.tmp/`, flushed to disk, and renamed
-to `shard_XXXXX/` only when complete, so a killed prepare never leaves a half shard that looks
+Atomicity and resuming: a shard is written into `shard_XXXXX.tmp/` and published to
+`shard_XXXXX/` only when complete (`fastdavs.io.atomic.publish_dir`: every file fsynced, the
+rename, the split directory fsynced), so a killed prepare never leaves a half shard that looks
 finished. A rerun removes stale `.tmp` directories (`remove_stale_tmp`) and skips shards that
 `is_complete` reports done; resuming is by shard.
 
@@ -51,7 +52,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import re
 import shutil
 import struct
@@ -64,7 +64,7 @@ import numpy as np
 from fastdavs.data.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
 from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.errors import DataError
-from fastdavs.io.atomic import write_json
+from fastdavs.io.atomic import publish_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ class _NpyStream:
     def close(self) -> None:
         self._f.seek(0)
         self._f.write(_npy_header((self.rows, *self.row_shape), self.dtype))
-        self._f.flush()
-        os.fsync(self._f.fileno())
         self._f.close()
 
     def discard(self) -> None:
@@ -335,16 +333,11 @@ class ShardWriter:
                 "skipped": s.skipped,
                 "complete": True,  # last: a meta.json without it is from an interrupted writer
             }
-            write_json(s.tmp / META_FILE, meta, indent=1, fsync=True)
-            os.rename(s.tmp, s.final)
+            write_json(s.tmp / META_FILE, meta, indent=1)
         except BaseException:  # a full disk, say: leave no half-written shard behind
             shutil.rmtree(s.tmp, ignore_errors=True)
             raise
-        fd = os.open(self.split_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # make the rename itself durable
-        finally:
-            os.close(fd)
+        publish_dir(s.tmp, s.final)
         log.debug("wrote %s (%d clips, %d skipped)", s.final, n, len(s.skipped))
         self.written.append(s.final)
 

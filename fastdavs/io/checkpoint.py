@@ -13,10 +13,12 @@ Training writes them, `--resume`, eval, generate and export read them:
             trainer.json        the caller's training state (stage, step, epoch, data position...)
             config.json         DavsConfig, format version, versions, manifest; written last
 
-A save writes into `.tmp-<name>-<random>/`, fsyncs every file and the directory, renames it to
-its final name, fsyncs the parent, then replaces `latest`. A crash (kill -9 included) at any
-point leaves the earlier checkpoints complete and `latest` naming a complete one; leftover
-`.tmp-*` entries are ignored by loads and removed by the next save. Loading never unpickles:
+A save writes into `.tmp-<name>-<random>/` and publishes it with `fastdavs.io.atomic.atomic_dir`
+(every file and directory fsynced, the rename, the parent fsynced; re-saving a name swaps the two
+trees in one step), then replaces `latest` durably. A crash (kill -9 included) at any point
+leaves the earlier checkpoints complete and `latest` naming a complete one; leftover `.tmp-*`
+entries and temporaries of `latest` are ignored by loads and removed by the next save. Loading
+never unpickles:
 the manifest's sizes and SHA-256 digests are checked before anything is read, and every
 mismatch (damaged file, other config, other architecture, newer format) raises
 `CheckpointError` naming the file and what differs.
@@ -25,7 +27,6 @@ mismatch (damaged file, other config, other architecture, newer format) raises
 from __future__ import annotations
 
 import datetime
-import errno
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from torch import nn
 from fastdavs import __version__
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.errors import CheckpointError, DataError
+from fastdavs.io.atomic import atomic_dir, leftovers, write_text
 from fastdavs.io.manifest import check_files, file_entry, read_config
 from fastdavs.model import DavsModel
 
@@ -129,20 +131,20 @@ def save_checkpoint(
     final = ckpt_dir / step_name
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_dir.glob(TMP + "*"):
+        for stale in [*ckpt_dir.glob(TMP + "*"), *leftovers(ckpt_dir / LATEST)]:
             log.info("removing %s, left by an interrupted save", stale)
             _remove(stale)
         serials = _complete(ckpt_dir)
-        tmp = ckpt_dir / f"{TMP}{step_name}-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
+        # Re-saving a name: the run resumed from an earlier checkpoint and reached it again.
+        staging = f"{TMP}{step_name}-{secrets.token_hex(4)}"
+        with atomic_dir(final, replace=True, staging=staging) as tmp:
             manifest = {}
             for name, content in contents.items():
                 if isinstance(content, bytes):
                     (tmp / name).write_bytes(content)
                 else:
                     _save_tensors(content, tmp / name)
-                manifest[name] = file_entry(tmp / name, fsync=True)
+                manifest[name] = file_entry(tmp / name)
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -154,17 +156,7 @@ def save_checkpoint(
                 "manifest": manifest,
             }
             (tmp / CONFIG).write_bytes(_json_bytes(meta, "config"))
-            file_entry(tmp / CONFIG, fsync=True)
-            _fsync_dir(tmp)
-            if final.exists():
-                # Re-saving a name: the run resumed from an earlier checkpoint and reached it again.
-                _remove(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _fsync_dir(ckpt_dir)
-        _write_latest(ckpt_dir, step_name)
+        write_text(ckpt_dir / LATEST, step_name + "\n", fsync=True)
     except OSError as e:
         previous = _read_latest(ckpt_dir)
         raise CheckpointError(
@@ -257,28 +249,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if code is None:
             raise OSError(str(e)) from e
         raise OSError(int(code[1]), os.strerror(int(code[1]))) from e
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the directory's entries (creations, renames) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some network and FUSE file systems cannot sync a directory
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_latest(ckpt_dir: Path, name: str) -> None:
-    tmp = ckpt_dir / f"{TMP}latest-{secrets.token_hex(4)}"
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / LATEST)
-    _fsync_dir(ckpt_dir)
 
 
 def _read_latest(ckpt_dir: Path) -> str | None:

@@ -17,12 +17,10 @@ from pathlib import Path
 from fastdavs import __version__
 
 
-def file_entry(path: Path, *, fsync: bool = False) -> dict:
-    """{"size", "sha256"} of a file as it is on disk; with fsync, make it durable first."""
+def file_entry(path: Path) -> dict:
+    """{"size", "sha256"} of a file as it is on disk."""
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if fsync:
-            os.fsync(f.fileno())
         return {"size": os.fstat(f.fileno()).st_size, "sha256": digest}
 
 
