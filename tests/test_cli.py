@@ -103,8 +103,7 @@ def _refusal(main, argv: list[str], capsys) -> str:
 def test_prepare_takes_only_the_crop_size_of_the_model(capsys, tmp_path):
     err = _refusal(prepare.main, ["src", "out", "--width", "0.5"], capsys)
     assert err == (
-        "fastdavs-prepare: error: unrecognized arguments: --width 0.5 "
-        "(see fastdavs-prepare --help)"
+        "fastdavs-prepare: error: unrecognized arguments: --width 0.5 (see fastdavs-prepare --help)"
     )
     args = prepare.build_parser().parse_args(["src", "out", "--preset", "tiny"])
     assert config_from_args(args).image_size == 32
