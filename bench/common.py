@@ -98,7 +98,7 @@ def random_model(preset: str, generator: str | None = None) -> DavsModel:
     not 0 and a fast path's parity with the reference measures something."""
     torch.manual_seed(0)
     overrides = {"generator": generator} if generator else {}
-    model = DavsModel(DavsConfig.from_preset(preset, kernel_backend="ref", **overrides))
+    model = DavsModel(DavsConfig.from_preset(preset, **overrides)).set_kernel_backend("ref")
     if isinstance(model.generator, MouthEditor):
         model.generator.out.reset_parameters()
     s = model.cfg.image_size

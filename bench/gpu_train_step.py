@@ -5,8 +5,8 @@ the fused path, samples/s each, in one process.
         [--device cuda] [--out bench/results]
 
 A step is what `fastdavs.train.loop` runs per batch (`fastdavs.train.step.TrainStep`: forward, the
-D side's backward and Adam step, the G side's), on `stages.example_batch` at the preset's batch
-size. Arms, each from the same seed-0 weights on the same batch:
+D side's backward and Adam step, the G side's), on `fastdavs.data.dataset.example_batch` at the
+preset's batch size. Arms, each from the same seed-0 weights on the same batch:
 
     fp32    eager float32, kernel_backend "ref" (PyTorch's own ops; cuDNN's default TF32
             convolutions, float32 matmuls)
@@ -39,11 +39,12 @@ import torch
 from common import git, median_p20_p80
 from train_step import config, loss_gap
 
+from fastdavs.data.dataset import example_batch
 from fastdavs.io.atomic import write_json
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
 from fastdavs.train import stages
-from fastdavs.train.stages import STAGES, example_batch
+from fastdavs.train.stages import STAGES
 from fastdavs.train.step import TrainStep
 
 # arm -> (kernel_backend, autocast dtype or None for float32, channels-last)
@@ -85,9 +86,9 @@ def run_arm(arm: str, preset: str, stage: str, n_steps: int, device: torch.devic
     """One arm: warm-up steps until one is applied, then `n_steps` timed ones (those the
     non-finite guard skips counted). Raises RuntimeError if no warm-up step is applied."""
     backend, dtype, channels_last = ARMS[arm]
-    cfg = config(preset, None, kernel_backend=backend)
+    cfg = config(preset, None)
     torch.manual_seed(0)
-    model = DavsModel(cfg).train().to(device)
+    model = DavsModel(cfg).set_kernel_backend(backend).train().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     batch = _to(example_batch(cfg, cfg.optim.batch_size), device, channels_last)

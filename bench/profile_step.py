@@ -76,6 +76,7 @@ from common import csv_text, git, median_p20_p80
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastdavs.config import GENERATORS, DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.io.atomic import write_json, write_text
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel, EncodedIdentity
@@ -332,7 +333,7 @@ def count_flops(runner: Runner | StageStep) -> int:
 class StageStep:
     """One training step of a stage as `fastdavs.train.loop` runs it
     (`fastdavs.train.step.TrainStep`,
-    fp32) on `stages.example_batch`; data loading, logging and checkpoints are left out."""
+    fp32) on `example_batch`; data loading, logging and checkpoints are left out."""
 
     def __init__(self, stage: str, variant: Variant, cfg: DavsConfig, b: int):
         torch.manual_seed(0)
@@ -340,7 +341,7 @@ class StageStep:
         model = DavsModel(cfg).train()
         if variant.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.batch = stages.example_batch(cfg, b)
+        self.batch = example_batch(cfg, b)
         self.train_step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
         self.train_step.make_optimizers(stage)
 

@@ -5,9 +5,9 @@
 
 About 3 minutes on 2 idle cores with the defaults. A step is what `fastdavs.train.loop` runs per
 batch (`fastdavs.train.step.TrainStep`): `fastdavs.train.stages` forward, the D side (backward,
-Adam),
-the G side (backward, Adam), every loss of the stage, on `steps.example_batch` at the preset's
-batch size, with the preset's generator unless --generator names the other. Two arms:
+Adam), the G side (backward, Adam), every loss of the stage, on
+`fastdavs.data.dataset.example_batch` at the preset's batch size, with the preset's generator
+unless --generator names the other. Two arms:
 
     reference  eager float32, contiguous (NCHW) tensors, kernel_backend "ref", glibc malloc
                defaults
@@ -38,10 +38,11 @@ import torch
 from common import csv_text, git, median_p20_p80
 
 from fastdavs.config import GENERATORS, DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.io.atomic import write_json, write_text
 from fastdavs.machine import machine_info, machine_summary
 from fastdavs.model import DavsModel
-from fastdavs.train.stages import STAGES, example_batch
+from fastdavs.train.stages import STAGES
 from fastdavs.train.step import TrainStep, retain_heap
 
 ARMS = ("reference", "fast")
@@ -56,20 +57,18 @@ def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def config(preset: str, generator: str | None, **overrides) -> DavsConfig:
+def config(preset: str, generator: str | None) -> DavsConfig:
     """The preset's config, with `generator` in place of its own unless None."""
-    if generator:
-        overrides["generator"] = generator
-    return DavsConfig.from_preset(preset, **overrides)
+    return DavsConfig.from_preset(preset, **({"generator": generator} if generator else {}))
 
 
 def worker(arm: str, preset: str, generator: str | None, stage: str, steps: int) -> dict:
     """Run one arm in this process: one warm-up step, then `steps` timed ones."""
     fast = arm == "fast"
-    cfg = config(preset, generator, kernel_backend="auto" if fast else "ref")
+    cfg = config(preset, generator)
     heap = retain_heap() if fast else False
     torch.manual_seed(0)
-    model = DavsModel(cfg).train()
+    model = DavsModel(cfg).set_kernel_backend("auto" if fast else "ref").train()
     batch = example_batch(cfg, cfg.optim.batch_size)
     if fast:
         model = model.to(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@
 Exports the identity and frame graphs to ONNX, builds them with the backend, checks the engine
 against eager PyTorch on fresh random inputs and writes DIR only if that parity holds. int8
 calibrates on real faces and speech: --calibration-data, or the data the run was trained on.
-Defaults come from `fastdavs.engines.builder.BuildConfig`.
+Every build flag is a field of `fastdavs.engines.builder.BuildConfig`, with its default.
 """
 
 from __future__ import annotations
@@ -18,22 +18,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fastdavs.cli import Parser, run
-from fastdavs.engines.builder import AUTO, BACKENDS, PRECISIONS, BuildConfig, build_engine
+from fastdavs.cli import Parser, add_dataclass_args, dataclass_from_args, run
+from fastdavs.engines.builder import BuildConfig, build_engine
 
 PROG = "fastdavs-build-engine"
-DEFAULTS = BuildConfig()
-
-
-def parse_batch_profile(text: str) -> tuple[int, int, int]:
-    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max."""
-    try:
-        lo, opt, hi = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:OPT:MAX, e.g. 1:25:50") from None
-    if not 1 <= lo <= opt <= hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,42 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", metavar="CKPT", required=True,
         help="a checkpoint directory, or a run directory (its latest checkpoint)",
     )  # fmt: skip
-    parser.add_argument(
-        "--backend", choices=(*BACKENDS, AUTO), default=DEFAULTS.backend,
-        help="auto: build every engine this machine can, keep the fastest that holds parity "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--precision", choices=(*PRECISIONS, AUTO), default=DEFAULTS.precision,
-        help="of the frame graph; kept only where parity with eager fp32 holds; bf16 with "
-        "openvino on CPUs with native bf16; auto: the fastest (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--calibration-data", metavar="SHARDS", default=DEFAULTS.calibration_data,
-        help="int8: prepared shards (fastdavs-prepare output at the model's image size) whose "
-        "faces and speech calibrate it (default: the data the checkpoint's run was trained on)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-rewrite", dest="rewrite", action="store_false",
-        help="export the graphs as the model is, without folding BatchNorm and turning "
-        "stride-1 ConvTranspose2d into Conv2d",
-    )  # fmt: skip
-    parser.add_argument(
-        "--batch", type=parse_batch_profile, default=DEFAULTS.batch, metavar="MIN:OPT:MAX",
-        help="frames per call: TensorRT's optimization profile (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--out", metavar="DIR", required=True)
+    parser.add_argument("--out", metavar="DIR", required=True, help="the engine directory")
+    add_dataclass_args(parser.add_argument_group("build configuration"), BuildConfig)
     return parser
 
 
 def _build(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = BuildConfig(
-        backend=args.backend, precision=args.precision, batch=args.batch,
-        calibration_data=args.calibration_data, rewrite=args.rewrite,
-    )  # fmt: skip
-    build_engine(args.checkpoint, args.out, cfg)
+    build_engine(args.checkpoint, args.out, dataclass_from_args(BuildConfig, args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ and keep the fastest that holds parity (`auto.py`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -33,6 +34,7 @@ import onnx
 import torch
 
 from fastdavs import __version__
+from fastdavs.cli import option
 from fastdavs.engines import engine_dir
 from fastdavs.engines.engine_dir import (
     CONFIG,
@@ -65,23 +67,63 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 AUTO = "auto"  # as --backend or --precision: measure the candidates and keep the fastest
 
 
+def parse_batch_profile(text: str) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max (`--batch`)."""
+    try:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:OPT:MAX, e.g. 1:25:50") from None
+    if not 1 <= lo <= opt <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
 @dataclass
 class BuildConfig:
-    """How to build an engine. `batch` is the frame graph's (min, opt, max) batch: TensorRT's
-    optimization profile; ONNX Runtime and OpenVINO take any batch. All split larger calls into
-    chunks of max; `--backend auto` times candidates at opt. The identity graph's profile is
-    (1, 1, max)."""
+    """How to build an engine; `fastdavs-build-engine` derives one flag from each field.
+    `batch` is the frame graph's (min, opt, max) batch: TensorRT's optimization profile; ONNX
+    Runtime and OpenVINO take any batch. All split larger calls into chunks of max;
+    `--backend auto` times candidates at opt. The identity graph's profile is (1, 1, max)."""
 
-    backend: str = "onnxruntime"  # or openvino, tensorrt, auto
-    precision: str = "fp32"  # of the frame graph (or auto); the identity graph is always fp32
-    batch: tuple[int, int, int] = (1, 25, 50)
-    opset: int = OPSET
-    workspace_mb: int = 4096  # TensorRT builder workspace limit
-    parity_frames: int = 8  # frames compared with eager PyTorch after the build
-    calibration_data: str | None = None  # int8: prepared shards (default: the run's data)
-    calibration_frames: int = 64  # int8 only
-    rewrite: bool = True  # export-time graph rewrites (rewrite.py)
-    threads: int = 0  # ONNX Runtime / OpenVINO inference threads (0: one per core)
+    backend: str = option(
+        "onnxruntime",
+        choices=(*BACKENDS, AUTO),
+        help="auto: build every engine this machine can, keep the fastest that holds parity",
+    )
+    precision: str = option(
+        "fp32",
+        choices=(*PRECISIONS, AUTO),
+        help="of the frame graph (the identity graph is always fp32); kept only where "
+        "parity with eager fp32 holds; bf16 with openvino on CPUs with native bf16; auto: "
+        "the fastest",
+    )
+    batch: tuple[int, int, int] = option(
+        (1, 25, 50),
+        parse=parse_batch_profile,
+        metavar="MIN:OPT:MAX",
+        help="frames per call: TensorRT's optimization profile",
+    )
+    opset: int = option(OPSET, metavar="N", help="ONNX opset of the exported graphs")
+    workspace_mb: int = option(4096, metavar="MB", help="TensorRT builder workspace limit")
+    parity_frames: int = option(
+        8, metavar="N", help="frames compared with eager PyTorch after the build"
+    )
+    calibration_data: str | None = option(
+        None,
+        metavar="SHARDS",
+        help="int8: prepared shards (fastdavs-prepare output at the model's image size) "
+        "whose faces and speech calibrate it (default: the data the checkpoint's run was "
+        "trained on)",
+    )
+    calibration_frames: int = option(64, metavar="N", help="int8: frames that calibrate it")
+    rewrite: bool = option(
+        True,
+        help="export-time graph rewrites (rewrite.py): fold BatchNorm and turn stride-1 "
+        "ConvTranspose2d into Conv2d (default: on)",
+    )
+    threads: int = option(
+        0, metavar="N", help="ONNX Runtime / OpenVINO inference threads (0: one per core)"
+    )
 
     def validate(self) -> BuildConfig:
         if self.backend not in (*BACKENDS, AUTO):

@@ -49,7 +49,6 @@ from fastdavs.errors import CheckpointError
 from fastdavs.io.checkpoint import CHECKPOINTS, CONFIG, MODEL, latest_checkpoint, load_model
 from fastdavs.model import DavsModel
 from fastdavs.model.face_code import IdentityGraph, decode_frames, identity_shapes
-from fastdavs.model.layers import TemporalConv1d
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +104,8 @@ def checkpoint_digest(ckpt: Path) -> str:
 def reference_model(checkpoint: str | Path) -> DavsModel:
     """The checkpoint's model in eval mode on the CPU, with the plain-PyTorch kernels (what
     export traces and what parity compares against)."""
-    model = load_model(checkpoint)
-    use_reference_kernels(model)
-    return model
-
-
-def use_reference_kernels(model: nn.Module) -> nn.Module:
-    """Force the plain-PyTorch path of every fused temporal convolution: Triton kernels cannot
-    be exported, and the reference is the definition of correct."""
-    for module in model.modules():
-        if isinstance(module, TemporalConv1d):
-            module.backend = "ref"
-    return model
+    # Triton kernels cannot be exported, and the reference is the definition of correct.
+    return load_model(checkpoint).set_kernel_backend("ref")
 
 
 def export_identity(model: DavsModel, path: Path, opset: int = OPSET) -> Path:

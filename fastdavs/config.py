@@ -23,7 +23,7 @@ WORD_HEADS = ("concat", "tcn")
 VIDEO_REGIONS = ("face", "mouth")
 GENERATORS = ("davs", "mouth_editor")
 LR_DECAYS = ("constant", "linear")
-KERNEL_BACKENDS = ("auto", "triton", "ref")  # as fastdavs.kernels.temporal_conv
+BOX_METAVAR = ("TOP", "BOTTOM", "LEFT", "RIGHT")  # the command-line form of a box field
 
 
 class ConfigError(FastdavsError, ValueError):
@@ -118,15 +118,14 @@ class DavsConfig:
     mfcc_coeffs: int = 12  # K: c1..c12
     seq_len: int = 12  # frames per word-ID sequence (stride 2 over the clip)
     word_head: str = "concat"  # "concat" (original MLP over concatenated frames) | "tcn"
-    # Temporal convolutions (audio branch B, tcn head): "auto" runs the fused Triton kernel on
-    # CUDA and the PyTorch reference elsewhere; "triton" or "ref" force one.
-    kernel_backend: str = "auto"
     adv_frames: int = 20  # consecutive frames read by the pid->word adversary
     gan_frames: int = 6  # frames stacked by the sequence discriminator
     # Clips of earlier steps the closed-form person probe (loss.probe_uniform) is fitted on,
     # beside the batch: a few steps' worth, as word-ID features drift fast while training.
     probe_bank: int = 64
-    mouth_box: tuple[float, float, float, float] = (170 / 256, 234 / 256, 64 / 256, 192 / 256)
+    mouth_box: tuple[float, float, float, float] = field(
+        default=(170 / 256, 234 / 256, 64 / 256, 192 / 256), metadata={"metavar": BOX_METAVAR}
+    )
     # "davs": the original decoder, which redraws the whole face from a 1x1 code and one H/8
     # skip. "mouth_editor": a small U-Net that edits the lower face of the identity frame
     # (fastdavs/model/mouth_editor.py). The default is the original, so that a config.json
@@ -136,7 +135,9 @@ class DavsConfig:
     # lower face below the nose with jaw, chin and cheeks (the mouth box plus 1/8 of the frame
     # at the sides and 0.16 above; it reaches the bottom edge, where the chin drops when the
     # mouth opens). Edges round outwards to multiples of 4 pixels (`edit_box_px`).
-    edit_box: tuple[float, float, float, float] = (0.5, 1.0, 0.125, 0.875)
+    edit_box: tuple[float, float, float, float] = field(
+        default=(0.5, 1.0, 0.125, 0.875), metadata={"metavar": BOX_METAVAR}
+    )
     # Width of the editor's blend ramp, as a fraction of image_size: the edit fades from full
     # strength to 0 over this band along the box's sides that lie inside the frame.
     edit_feather: float = 1 / 16
@@ -225,11 +226,6 @@ class DavsConfig:
         if self.word_head not in WORD_HEADS:
             raise ConfigError(
                 f"word_head={self.word_head!r}: choose one of {', '.join(WORD_HEADS)}"
-            )
-        if self.kernel_backend not in KERNEL_BACKENDS:
-            raise ConfigError(
-                f"kernel_backend={self.kernel_backend!r}: choose one of "
-                f"{', '.join(KERNEL_BACKENDS)}"
             )
         for name in ("seq_len", "adv_frames", "gan_frames"):
             if getattr(self, name) < 1:
@@ -326,6 +322,10 @@ class DavsConfig:
     @classmethod
     def from_dict(cls, data: dict) -> DavsConfig:
         """Inverse of `to_dict`; unknown keys and wrong types raise ConfigError."""
+        # Checkpoints and engines written before the kernel backend became a run option (set on
+        # the built model: `DavsModel.set_kernel_backend`) saved it with the architecture; it
+        # says nothing about the weights, so it is dropped.
+        data = {k: v for k, v in data.items() if k != "kernel_backend"}
         return _build(cls, data, "").validate()
 
     def to_json(self) -> str:

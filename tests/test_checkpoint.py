@@ -532,3 +532,26 @@ def test_kill_9_at_random_moments_leaves_a_loadable_latest(tmp_path):
     assert mid_save >= 2
     save_checkpoint(tmp_path, f"step_{start:06d}", _ballasted(), keep=2)
     assert not list(ckpt_dir.glob(".tmp-*"))
+
+
+def test_saved_config_has_no_kernel_backend_and_loads(tmp_path):
+    """Which kernels run is chosen at run time (`DavsModel.set_kernel_backend`): a checkpoint
+    saved from a model running the reference path holds only the architecture, and loads into
+    a model on the default backend."""
+    path = save_checkpoint(tmp_path, "step_000001", DavsModel(TINY).set_kernel_backend("ref"))
+    meta = json.loads((path / CONFIG).read_text())
+    assert "kernel_backend" not in meta["config"]
+    model = load_model(path)
+    assert model.cfg == TINY and model.kernel_backend == "auto"
+
+
+def test_config_written_with_a_kernel_backend_still_loads(tmp_path):
+    """A config.json written when the kernel backend was a config field still loads: the key is
+    dropped, whatever it said."""
+    path = save_checkpoint(tmp_path, "step_000001", DavsModel(TINY))
+    _edit_config(path, lambda m: m["config"].update(kernel_backend="ref"))
+    cfg, _ = load_checkpoint(path, expect_config=TINY, restore_rng=False)
+    assert cfg == TINY
+    assert load_model(path).kernel_backend == "auto"
+    (tmp_path / "old.json").write_text(json.dumps({**TINY.to_dict(), "kernel_backend": "triton"}))
+    assert DavsConfig.load(tmp_path / "old.json") == TINY

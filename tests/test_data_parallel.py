@@ -37,6 +37,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.io.checkpoint import latest_checkpoint
 from fastdavs.model import DavsModel
 from fastdavs.train import stages
@@ -53,7 +54,7 @@ CPU = torch.device("cpu")
 
 def _batch(cfg: DavsConfig, step: int, rank: int | None) -> dict[str, torch.Tensor]:
     """Step `step`'s batch of WORLD * PER_RANK clips, or rank `rank`'s half of it."""
-    batch = stages.example_batch(cfg, WORLD * PER_RANK, seed=step)
+    batch = example_batch(cfg, WORLD * PER_RANK, seed=step)
     if rank is None:
         return batch
     return {k: v[rank * PER_RANK : (rank + 1) * PER_RANK] for k, v in batch.items()}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.model import DavsModel, MouthEditor
 from fastdavs.train import stages
 from fastdavs.train.step import ADVERSARIES, STAGE_MODULES, TrainStep
@@ -17,7 +18,7 @@ B = 3
 
 def _batch(cfg: DavsConfig, seed: int = 0) -> dict:
     """stages.example_batch with one unknown identity (label -1) among the B clips."""
-    batch = stages.example_batch(cfg, B, seed)
+    batch = example_batch(cfg, B, seed)
     batch["identity_label"] = torch.tensor([0, -1, cfg.num_identities - 1])
     return batch
 
@@ -189,7 +190,7 @@ def test_render_stage_trains_the_generator_and_audio_encoder_on_frozen_others(ge
     torch.manual_seed(0)
     cfg = DavsConfig.from_preset("tiny", generator=generator)
     model = DavsModel(cfg).train()
-    batch = stages.example_batch(cfg, B)
+    batch = example_batch(cfg, B)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
     step.make_optimizers("render")
@@ -220,7 +221,7 @@ def test_gen_step_with_the_mouth_editor_is_finite():
     step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
     step.make_optimizers("gen")
     before = model.generator.out.weight.clone()
-    parts = step("gen", stages.example_batch(cfg, B))
+    parts = step("gen", example_batch(cfg, B))
     assert parts is not None and all(torch.isfinite(v) for v in parts.values())
     assert {"rec_audio", "gan", "d_patch", "pid_uniform"} <= set(parts)
     assert not torch.equal(model.generator.out.weight, before)
@@ -231,7 +232,7 @@ def test_identity_scatter_trains_the_word_encoders_in_wid_and_gen():
     cfg = DavsConfig.from_preset("tiny")
     cfg.loss.identity_scatter, cfg.optim.identity_group = 1.0, 2
     model = _model(cfg)
-    batch = stages.example_batch(cfg, 4)
+    batch = example_batch(cfg, 4)
     batch["identity_label"] = torch.tensor([3, 3, 5, 5])  # two people, two clips each
     for stage in ("wid", "gen"):
         fwd = stages.forward(model, batch, stage)

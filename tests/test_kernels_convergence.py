@@ -53,15 +53,14 @@ branch B and the contrastive loss, `tcn` adds the head's temporal convolutions):
 - along a training trajectory: the float64 reference trains `STEPS` Adam steps of each stage,
   and at every step the fused and fp32 reference models start from its weights; losses and
   gradients are checked there, so the kernels are right on trained weights, not only at init.
-A third test runs the real `Trainer` with `kernel_backend="triton"` and checks that the kernels
-are what it runs. The Triton host launchers are spied on in all three, so a fused run cannot
-pass by silently taking the reference path.
+A third test runs the real `Trainer` with the run option `kernel_backend="triton"` and checks
+that the kernels are what it runs. The Triton host launchers are spied on in all three, so a
+fused run cannot pass by silently taking the reference path.
 
 Randomness is made identical across the three models: dropout masks are drawn in float32 for
 every dtype (the float64 model would otherwise draw other masks) and `nn.Dropout` is off.
 """
 
-import dataclasses
 import importlib
 import json
 
@@ -70,6 +69,7 @@ import torch
 from torch import nn
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.model import DavsModel
 from fastdavs.train import stages
 from fastdavs.train.loop import RunOptions, Trainer
@@ -120,11 +120,11 @@ def _float32_masks(x: torch.Tensor, training: bool) -> torch.Tensor:
 def _models(word_head: str) -> dict[str, DavsModel]:
     """The tiny preset with identical weights: "fused" (Triton kernels, fp32), "ref" (PyTorch
     references, fp32) and "truth" (PyTorch references, float64)."""
-    cfg = DavsConfig.from_preset("tiny", word_head=word_head, kernel_backend="triton")
-    fused = DavsModel(cfg)
-    ref = DavsModel(dataclasses.replace(cfg, kernel_backend="ref"))
+    cfg = DavsConfig.from_preset("tiny", word_head=word_head)
+    fused = DavsModel(cfg).set_kernel_backend("triton")
+    ref = DavsModel(cfg).set_kernel_backend("ref")
     ref.load_state_dict(fused.state_dict())
-    truth = DavsModel(dataclasses.replace(cfg, kernel_backend="ref"))
+    truth = DavsModel(cfg).set_kernel_backend("ref")
     truth.load_state_dict(fused.state_dict())
     models = {"fused": fused, "ref": ref, "truth": truth.double()}
     for model in models.values():
@@ -135,7 +135,7 @@ def _models(word_head: str) -> dict[str, DavsModel]:
 
 
 def _batch(cfg: DavsConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    batch = stages.example_batch(cfg, BATCH, seed=1)
+    batch = example_batch(cfg, BATCH, seed=1)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
 
 
@@ -235,13 +235,16 @@ def test_gradients_match_along_a_training_trajectory(monkeypatch, same_masks, wo
 
 
 def test_trainer_runs_the_kernels(shards, tmp_path, monkeypatch):
-    """`kernel_backend="triton"` reaches every launcher through the real training loop (one
-    `wid` and one `gen` step), and the run's losses are finite."""
+    """The run option `kernel_backend="triton"` reaches every launcher through the training loop
+    (one `wid` and one `gen` step), and the run's losses are finite."""
     monkeypatch.setattr(Trainer, "_write_samples", lambda self, *args: None)
     calls = _spy(monkeypatch)
-    cfg = DavsConfig.from_preset("tiny", num_words=3, num_identities=4, kernel_backend="triton")
+    cfg = DavsConfig.from_preset("tiny", num_words=3, num_identities=4)
     out = tmp_path / "run"
-    opts = RunOptions(data=shards, out=out, stages=STAGES, max_steps=1, workers=0, evaluate=False)
+    opts = RunOptions(
+        data=shards, out=out, stages=STAGES, max_steps=1, workers=0, evaluate=False,
+        kernel_backend="triton",
+    )  # fmt: skip
     Trainer(cfg, opts).run()
     assert all(n > 0 for n in calls.values()), f"a Triton launcher never ran: {calls}"
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

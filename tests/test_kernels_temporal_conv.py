@@ -1,7 +1,7 @@
 """fastdavs.kernels.temporal_conv: the Triton kernels against the PyTorch reference, output and
 every gradient (dx, dw, db, dresidual), over named shape cases, dtypes and activations;
 NaN-poisoned outputs with guard bands; BatchNorm folding; dispatch and errors; and the model's
-temporal stacks with kernel_backend "triton" against "ref".
+temporal stacks with the kernel backend "triton" against "ref".
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), on CPU tensors.
 """
@@ -16,11 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from fastdavs.cli import _config_flags
 from fastdavs.config import ConfigError, DavsConfig
 from fastdavs.kernels import dispatch, fold_batchnorm, temporal_conv, temporal_conv_ref
 from fastdavs.kernels.temporal_conv import INTERPRET, conv_dx, conv_forward, out_len
-from fastdavs.model import layers
+from fastdavs.model import DavsModel, layers
 from fastdavs.model.audio_encoder import AudioWordEncoder
 from fastdavs.model.word_classifier import WordClassifier
 
@@ -364,11 +363,18 @@ def test_autocast_runs_in_the_autocast_dtype():
     _assert_close(y, temporal_conv_ref(x.double(), w.double(), activation="relu"), dtype, "y")
 
 
-def test_config_kernel_backend_is_validated_and_a_cli_flag():
-    assert DavsConfig.from_preset("tiny").kernel_backend == "auto"
+def test_kernel_backend_is_a_validated_run_option_and_a_cli_flag():
+    from fastdavs.train.cli import build_parser
+
+    model = DavsModel(DavsConfig.from_preset("tiny", word_head="tcn"))
+    convs = [m for m in model.modules() if isinstance(m, layers.TemporalConv1d)]
+    assert model.kernel_backend == "auto" and {c.backend for c in convs} == {"auto"}
     with pytest.raises(ConfigError, match="kernel_backend='cuda': choose one of auto, triton, ref"):
-        DavsConfig.from_preset("tiny", kernel_backend="cuda")
-    assert "--kernel-backend" in [flag for flag, _, _ in _config_flags()]
+        model.set_kernel_backend("cuda")
+    assert model.set_kernel_backend("ref") is model
+    assert model.kernel_backend == "ref" and {c.backend for c in convs} == {"ref"}
+    assert not hasattr(DavsConfig(), "kernel_backend")  # not architecture: never saved
+    assert "--kernel-backend" in build_parser()._option_string_actions
 
 
 # ---- the model's temporal stacks: "triton" against "ref" -------------------------------------
@@ -407,9 +413,9 @@ def test_model_triton_backend_matches_ref(build, make_input, fused, monkeypatch)
         return temporal_conv(*args, **kwargs)
 
     monkeypatch.setattr(layers, "temporal_conv", spy)
-    ref = build(dataclasses.replace(TINY_TCN, kernel_backend="ref")).to(DEVICE)
+    ref = layers.use_kernel_backend(build(TINY_TCN), "ref").to(DEVICE)
     _randomize_norms(ref)
-    fast = build(dataclasses.replace(TINY_TCN, kernel_backend="triton")).to(DEVICE)
+    fast = layers.use_kernel_backend(build(TINY_TCN), "triton").to(DEVICE)
     fast.load_state_dict(ref.state_dict())  # same keys: checkpoints load either way
     x = make_input(TINY_TCN).to(DEVICE)
 

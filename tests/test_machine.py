@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.errors import FastdavsError
 from fastdavs.machine import (
     FORCE_BF16_ENV,
@@ -20,7 +21,6 @@ from fastdavs.machine import (
     machine_summary,
 )
 from fastdavs.model import DavsModel
-from fastdavs.train import stages
 from fastdavs.train.step import TrainStep
 
 BF16_EPS = 2.0**-8  # bfloat16's relative spacing (8 significand bits)
@@ -68,12 +68,12 @@ def test_amp_step_follows_the_cpu_kind(monkeypatch, native):
     has about 16 (encoder, head, classifier), and 16 * 2^-8 = 1/16 relative."""
     monkeypatch.setenv(FORCE_BF16_ENV, "1" if native else "0")
     torch.manual_seed(0)
-    cfg = DavsConfig.from_preset("tiny", kernel_backend="ref")
-    batch = stages.example_batch(cfg, 4)
+    cfg = DavsConfig.from_preset("tiny")
+    batch = example_batch(cfg, 4)
     losses = {}
     for amp in (False, True):
         torch.manual_seed(0)
-        model = DavsModel(cfg)
+        model = DavsModel(cfg).set_kernel_backend("ref")
         step = TrainStep(model, cfg, torch.device("cpu"), amp=amp)
         assert step.autocast_dtype() == (torch.bfloat16 if amp and native else torch.float32)
         step.make_optimizers("wid")

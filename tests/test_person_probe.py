@@ -172,12 +172,13 @@ def test_wid_step_scores_and_then_banks_the_batch():
     """In the `wid` G loss with loss.probe_uniform > 0: both modalities' probe terms are in the
     loss parts, the batch is pushed once a step, the probe's loss reaches the video
     encoder's weights, and with the weight 0 the probe is not consulted."""
+    from fastdavs.data.dataset import example_batch
     from fastdavs.train import stages
 
     cfg = DavsConfig.from_preset("tiny", probe_bank=8)
     cfg.loss.probe_uniform = 1.0
     model = DavsModel(cfg)
-    batch = stages.example_batch(cfg, 4)
+    batch = example_batch(cfg, 4)
     batch["identity_label"] = torch.tensor([0, 0, 1, 1])
     probe = model.person_probe
     for step in range(3):

@@ -134,7 +134,9 @@ def test_linear_lr_decay_follows_the_step_across_a_resume(shards, tmp_path, monk
     schedule = dataclasses.replace(DavsConfig.from_preset("tiny").schedule, wid_steps=2)
     cfg = DavsConfig.from_preset("tiny", optim=optim, schedule=schedule)
     run = tmp_path / "run"
-    opts = RunOptions(data=shards, out=run, stages=("wid", "gen"), workers=0, evaluate=False)
+    opts = RunOptions(
+        device="cpu", data=shards, out=run, stages=("wid", "gen"), workers=0, evaluate=False
+    )
     Trainer(cfg, dataclasses.replace(opts, max_steps=2)).run()  # wid done, gen steps 0, 1 of 4
     Trainer(cfg, dataclasses.replace(opts, resume=True)).run()  # gen steps 2, 3
     expected = [("wid", 1e-3), ("wid", 1e-3)] + [("gen", 1e-3 * (1 - i / 4)) for i in range(4)]
@@ -147,7 +149,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkey
     schedule = dataclasses.replace(DavsConfig.from_preset("tiny").schedule, wid_steps=10)
     cfg = DavsConfig.from_preset("tiny", schedule=schedule)
     run = tmp_path / "run"
-    Trainer(cfg, RunOptions(data=shards, out=run, stages=("wid",), max_steps=2, workers=0)).run()
+    Trainer(
+        cfg, RunOptions(device="cpu", data=shards, out=run, stages=("wid",), max_steps=2, workers=0)
+    ).run()
     good = latest_checkpoint(run)
     real = stages.generator_loss
 
@@ -158,7 +162,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shards, tmp_path, monkey
 
     monkeypatch.setattr(stages, "generator_loss", poisoned)
     trainer = Trainer(
-        cfg, RunOptions(data=shards, out=run, stages=("wid",), resume=True, workers=0)
+        cfg, RunOptions(device="cpu", data=shards, out=run, stages=("wid",), resume=True, workers=0)
     )
     with pytest.raises(TrainingError) as err:
         trainer.run()
@@ -189,7 +193,7 @@ def test_metrics_records_are_means_over_the_logged_window(shards, tmp_path, monk
     )
     cfg = DavsConfig.from_preset("tiny", schedule=schedule)
     run = tmp_path / "run"
-    Trainer(cfg, RunOptions(data=shards, out=run, stages=("wid",), workers=0)).run()
+    Trainer(cfg, RunOptions(device="cpu", data=shards, out=run, stages=("wid",), workers=0)).run()
     records = _records(run)
     assert [(r["step"], r["bad_steps"]) for r in records] == [(2, 0), (4, 1), (5, 2)]
     names = {"ce_audio", "ce_video", "contrastive", "modality_d", "modality_flip"}
@@ -207,7 +211,9 @@ def test_amp_without_native_bf16_stays_float32(shards, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(train_step_module, "cpu_has_native_bf16", lambda: False)
     cfg = DavsConfig.from_preset("tiny")
-    opts = RunOptions(data=shards, out=tmp_path / "run", stages=("pid",), amp=True, workers=0)
+    opts = RunOptions(
+        device="cpu", data=shards, out=tmp_path / "run", stages=("pid",), amp=True, workers=0
+    )
     with caplog.at_level("WARNING"):
         trainer = Trainer(cfg, opts)
     assert "no native bfloat16" in caplog.text

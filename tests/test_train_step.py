@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.dataset import example_batch
 from fastdavs.model import DavsModel
 from fastdavs.train import stages
 from fastdavs.train.step import TrainStep
@@ -23,7 +24,7 @@ def _setup(stage: str = "gen", amp_dtype: torch.dtype | None = torch.float16):
     model = DavsModel(cfg).train()
     step = TrainStep(model, cfg, CPU, amp=amp_dtype is not None, amp_dtype=amp_dtype)
     step.make_optimizers(stage)
-    return cfg, model, step, stages.example_batch(cfg, B)
+    return cfg, model, step, example_batch(cfg, B)
 
 
 def _spy_optimizer_steps(step: TrainStep, monkeypatch) -> list[tuple[str, list, bool]]:

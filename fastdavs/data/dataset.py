@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdavs.config import ConfigError, DavsConfig
@@ -182,6 +183,29 @@ class DavsDataset(Dataset):
             "word": torch.tensor(int(self.shards.words[index])),
             "identity_label": torch.tensor(int(self.shards.identities[index])),
         }
+
+
+def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random batch of the Dataset's shapes, for tests and benchmarks: the keys, shapes and
+    dtypes of `batch_size` collated `DavsDataset` items (module docstring), with smooth frames a
+    generator can fit (bilinear upsampling of 4x4 noise) and MFCC-scaled windows. CPU tensors,
+    drawn from their own generator seeded with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    b, s, L, P = batch_size, cfg.image_size, cfg.seq_len, cfg.adv_frames
+
+    def frames(n: int) -> torch.Tensor:  # [B, n, 3, S, S]
+        coarse = torch.rand(b * n, 3, 4, 4, generator=g)
+        return F.interpolate(coarse, size=(s, s), mode="bilinear").view(b, n, 3, s, s)
+
+    return {
+        "identity": frames(1)[:, 0],
+        "frames": frames(L),
+        "mfcc": torch.randn(b, L, cfg.mfcc_steps, cfg.mfcc_coeffs, generator=g) * 10,
+        "gen_start": torch.randint(L - cfg.gan_frames + 1, (b,), generator=g),
+        "adv_frames": frames(P),
+        "word": torch.randint(cfg.num_words, (b,), generator=g),
+        "identity_label": torch.randint(cfg.num_identities, (b,), generator=g),
+    }
 
 
 def take_run(x: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:

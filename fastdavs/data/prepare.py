@@ -433,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description="Decode, align and pack an LRW-layout tree (ROOT/WORD/{train,val,test}/"
-        "WORD_00001.mp4) into memory-mappable shards at the preset's resolution. A rerun "
-        "skips the shards that are already complete.",
+        "WORD_00001.mp4) into memory-mappable shards at the preset's resolution (or "
+        "--image-size). A rerun skips the shards that are already complete.",
     )
     parser.add_argument("src", metavar="SRC", help="root of the LRW-layout tree")
     parser.add_argument("out", metavar="OUT", help="output directory for the shards")
@@ -460,17 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where MFCCs are computed: cpu (default) or cuda (the fused Triton kernel)",
     )
-    add_config_args(parser, default_preset="small")
+    add_config_args(
+        parser,
+        default_preset="small",
+        only=("image_size",),
+        title="face crop size (the rest of the model is chosen when training)",
+    )
     return parser
 
 
 def _prepare(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
     index = prepare(
         args.src,
         args.out,
-        cfg.image_size,
+        config_from_args(args).image_size,
         args.workers,
         args.min_face_share,
         args.identities,

@@ -17,7 +17,6 @@ failure).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastdavs.cli import Parser, run
+from fastdavs.cli import Parser, add_dataclass_args, dataclass_from_args, option, run
 from fastdavs.data.audio import FPS
 from fastdavs.data.video_io import Mp4Writer
 from fastdavs.errors import OptionError
@@ -43,25 +42,97 @@ log = logging.getLogger(__name__)
 PROG = "fastdavs-generate"
 
 
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """--box: 'X,Y,W,H' in pixels -> (x, y, w, h)."""
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected X,Y,W,H in pixels") from None
+    return x, y, w, h
+
+
 @dataclass
 class GenerateOptions:
     """Everything `fastdavs-generate` takes; the command's flags and defaults come from here."""
 
-    face: str  # face image or video
-    output: str  # the mp4 to write
-    audio: str | None = None  # speech to say (any file PyAV decodes)
-    driving_video: str | None = None  # video whose mouth to follow (and whose sound to use)
-    checkpoint: str | None = None  # checkpoint or run directory (eager PyTorch)
-    engine: str | None = None  # engine directory from fastdavs-build-engine (audio only)
-    face_frame: int | None = None  # frame of a face video to use; default: the first with a face
-    box: tuple[float, float, float, float] | None = None  # face box X,Y,W,H: choose the face
-    paste_back: bool = False  # write the face's whole picture, not the aligned crop
-    align_smoothing: float = 1.0  # Gaussian sigma, frames, of the driving video's face track
-    wid_scale: float = 1.0  # word-feature scaling (the original: 1.5 audio, 0.8 video)
-    finetune_steps: int = 0  # identity fine-tune steps before generating (the original: 5)
-    batch_size: int = DEFAULT_BATCH  # frames per pass
-    device: str = "cpu"
-    amp: bool = False  # reduced-precision autocast (fp16 on CUDA, bf16 on CPUs that have it)
+    face: str = option(
+        metavar="FACE",
+        help="face image (jpg, png, webp...) or video (its first frame with a face, or "
+        "--face-frame N)",
+    )
+    output: str = option(
+        short="-o",
+        metavar="OUT.mp4",
+        help="the mp4 to write (H.264, 25 fps, the speech muxed in)",
+    )
+    audio: str | None = option(
+        None,
+        metavar="AUDIO",
+        help="speech to say: any file PyAV decodes (wav, mp3, m4a, flac, ogg...), any rate",
+    )
+    driving_video: str | None = option(
+        None,
+        metavar="VIDEO",
+        help="video of someone speaking: its mouth motion (video word encoder, eager only) and "
+        "its sound drive the output (give it or --audio)",
+    )
+    checkpoint: str | None = option(
+        None,
+        metavar="CKPT",
+        help="checkpoint directory, or a run directory (its latest checkpoint)",
+    )
+    engine: str | None = option(
+        None,
+        metavar="DIR",
+        help="engine directory from fastdavs-build-engine (audio only; with --checkpoint, it "
+        "must have been built from that checkpoint)",
+    )
+    face_frame: int | None = option(
+        None, metavar="N", help="frame of a face video to use (0-based)"
+    )
+    box: tuple[float, float, float, float] | None = option(
+        None,
+        parse=parse_box,
+        metavar="X,Y,W,H",
+        help="face box X,Y,W,H in pixels of FACE, when the detector misses the face or picks "
+        "another (default: the most confident frontal face)",
+    )
+    paste_back: bool = option(
+        False,
+        help="composite the generated face into FACE's picture instead of writing the aligned "
+        "S x S crop (the mouth editor's change alone is added, so the rest of the picture keeps "
+        "its resolution; the davs decoder's face is blended in with a soft mask)",
+    )
+    align_smoothing: float = option(
+        1.0,
+        metavar="SIGMA",
+        help="Gaussian sigma in frames of the driving video's face track (0: none); per-frame "
+        "alignment alone makes the face zoom in and out",
+    )
+    wid_scale: float = option(
+        1.0,
+        metavar="X",
+        help="multiply the word-ID features by this before the generator: above 1 exaggerates "
+        "the mouth motion, below 1 damps it (the original used 1.5 for audio and 0.8 for "
+        "video); eager only",
+    )
+    finetune_steps: int = option(
+        0,
+        metavar="N",
+        help="before generating, fine-tune the identity encoder and generator (the mouth "
+        "editor alone, with that generator) for this many Adam steps (lr 2e-4) to redraw FACE "
+        "from its first 5 speech features: a sharper likeness at the cost of a few training "
+        "steps (the original did 5); eager only",
+    )
+    batch_size: int = option(
+        DEFAULT_BATCH, metavar="N", help="frames per model pass (memory grows with it)"
+    )
+    device: str = option("cpu", help="cpu, cuda or cuda:N (eager only)")
+    amp: bool = option(
+        False,
+        help="reduced-precision autocast: fp16 on CUDA, bf16 on CPUs that run it natively "
+        "(elsewhere it warns and stays fp32)",
+    )
 
 
 @dataclass
@@ -173,46 +244,6 @@ def generate(o: GenerateOptions) -> GenerateResult:
     )
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        x, y, w, h = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected X,Y,W,H in pixels") from None
-    return x, y, w, h
-
-
-HELP = {
-    "face": "face image (jpg, png, webp...) or video (its first frame with a face, or "
-    "--face-frame N)",
-    "output": "the mp4 to write (H.264, 25 fps, the speech muxed in)",
-    "audio": "speech to say: any file PyAV decodes (wav, mp3, m4a, flac, ogg...), any rate",
-    "driving_video": "video of someone speaking: its mouth motion (video word encoder, eager "
-    "only) and its sound drive the output",
-    "checkpoint": "checkpoint directory, or a run directory (its latest checkpoint)",
-    "engine": "engine directory from fastdavs-build-engine (audio only; with --checkpoint, it "
-    "must have been built from that checkpoint)",
-    "face_frame": "frame of a face video to use (0-based)",
-    "box": "face box X,Y,W,H in pixels of FACE, when the detector misses the face or picks "
-    "another (default: the most confident frontal face)",
-    "paste_back": "composite the generated face into FACE's picture instead of writing the "
-    "aligned S x S crop (the mouth editor's change alone is added, so the rest of the picture "
-    "keeps its resolution; the davs decoder's face is blended in with a soft mask)",
-    "align_smoothing": "Gaussian sigma in frames of the driving video's face track (0: none); "
-    "per-frame alignment alone makes the face zoom in and out",
-    "wid_scale": "multiply the word-ID features by this before the generator: above 1 "
-    "exaggerates the mouth motion, below 1 damps it (the original used 1.5 for audio and 0.8 "
-    "for video); eager only",
-    "finetune_steps": "before generating, fine-tune the identity encoder and generator (the "
-    "mouth editor alone, with that generator) for this many Adam steps (lr 2e-4) to redraw FACE "
-    "from its first 5 speech features: a sharper likeness at the cost of a few training steps "
-    "(the original did 5); eager only",
-    "batch_size": "frames per model pass (memory grows with it)",
-    "device": "cpu, cuda or cuda:N (eager only)",
-    "amp": "reduced-precision autocast: fp16 on CUDA, bf16 on CPUs that run it natively "
-    "(elsewhere it warns and stays fp32)",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
@@ -220,36 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fastdavs-generate --checkpoint runs/final --face me.jpg "
         "--audio hello.wav --paste-back -o hello.mp4",
     )
-    defaults = {f.name: f.default for f in dataclasses.fields(GenerateOptions)}
-
-    def add(*flags: str, dest: str, **kwargs) -> None:
-        if defaults.get(dest, dataclasses.MISSING) is not dataclasses.MISSING:
-            kwargs.setdefault("default", defaults[dest])
-        parser.add_argument(*flags, dest=dest, help=HELP[dest], **kwargs)
-
-    add("--checkpoint", dest="checkpoint", metavar="CKPT")
-    parser.add_argument("--engine", metavar="DIR", help=HELP["engine"])
-    add("--face", dest="face", metavar="FACE", required=True)
-    driver = parser.add_mutually_exclusive_group(required=True)
-    driver.add_argument("--audio", metavar="AUDIO", help=HELP["audio"])
-    driver.add_argument("--driving-video", metavar="VIDEO", help=HELP["driving_video"])
-    add("-o", "--output", dest="output", metavar="OUT.mp4", required=True)
-    add("--face-frame", dest="face_frame", metavar="N", type=int)
-    add("--box", dest="box", metavar="X,Y,W,H", type=parse_box)
-    add("--paste-back", dest="paste_back", action="store_true")
-    add("--align-smoothing", dest="align_smoothing", metavar="SIGMA", type=float)
-    add("--wid-scale", dest="wid_scale", metavar="X", type=float)
-    add("--finetune-steps", dest="finetune_steps", metavar="N", type=int)
-    add("--batch-size", dest="batch_size", metavar="N", type=int)
-    add("--device", dest="device")
-    add("--amp", dest="amp", action="store_true")
+    add_dataclass_args(parser, GenerateOptions)
     return parser
 
 
 def _generate(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = GenerateOptions(**vars(args))
+    options = dataclass_from_args(GenerateOptions, args)
     result = generate(options)
     h, w = result.size
     print(

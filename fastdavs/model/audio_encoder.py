@@ -31,18 +31,18 @@ class TemporalConvBranch(nn.Sequential):
     as one strided `temporal_conv` launch (a third of the first conv's work).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int], backend: str = "auto"):
+    def __init__(self, in_channels: int, widths: tuple[int, int, int]):
         c1, c2, c3 = widths
         super().__init__(
-            TemporalConv1d(in_channels, c1, 3, bias=False, backend=backend),  # F: 20 -> 18
+            TemporalConv1d(in_channels, c1, 3, bias=False),  # F: 20 -> 18
             nn.BatchNorm1d(c1),
             nn.LeakyReLU(0.2),
             nn.MaxPool1d(1, stride=3),  # -> 6
-            TemporalConv1d(c1, c2, 3, padding=1, bias=False, backend=backend),  # -> 6
+            TemporalConv1d(c1, c2, 3, padding=1, bias=False),  # -> 6
             nn.BatchNorm1d(c2),
             nn.LeakyReLU(0.2),
             nn.MaxPool1d(1, stride=2),  # -> 3
-            TemporalConv1d(c2, c3, 3, bias=False, backend=backend),  # -> 1
+            TemporalConv1d(c2, c3, 3, bias=False),  # -> 1
             nn.Flatten(1),  # [N, c3, 1] -> [N, c3]
         )
 
@@ -62,9 +62,7 @@ class AudioWordEncoder(nn.Module):
         super().__init__()
         ch = cfg.ch
         self.branch_a = MfccConvBranch(1, (ch(64), ch(128), ch(256), ch(512)), final_norm=False)
-        self.branch_b = TemporalConvBranch(
-            cfg.mfcc_coeffs, (ch(64), ch(256), ch(512)), cfg.kernel_backend
-        )
+        self.branch_b = TemporalConvBranch(cfg.mfcc_coeffs, (ch(64), ch(256), ch(512)))
         self.fc = nn.Linear(2 * ch(512), cfg.word_dim)
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:

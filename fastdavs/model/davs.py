@@ -15,6 +15,8 @@ The adversaries and discriminators sit beside: ModalityDiscriminator (audio vs v
 PidWordAdversary (words from pid features), WidPersonAdversary (identity from wid features),
 PersonProbe (identity from clip-mean wid, refitted in closed form every step; no parameters),
 IdentityClassifier (pid pretraining) and SequenceDiscriminator (frame stacks + audio sync).
+Which implementation runs the fused ops (temporal convolutions, contrastive loss) is a run-time
+choice, not part of the architecture: `set_kernel_backend`, "auto" until a caller sets it.
 Parameters split into the generator side (one Adam) and the discriminator side (another),
 as in the original `optimizer_G` / `optimizer_D`, with the wid->person adversary added to D.
 """
@@ -39,6 +41,7 @@ from fastdavs.model.audio_encoder import AudioWordEncoder
 from fastdavs.model.discriminator import SequenceDiscriminator
 from fastdavs.model.generator import Generator
 from fastdavs.model.identity_encoder import IdentityEncoder
+from fastdavs.model.layers import use_kernel_backend
 from fastdavs.model.mouth_editor import EditorIdentity, MouthEditor
 from fastdavs.model.video_encoder import VideoWordEncoder
 from fastdavs.model.word_classifier import WordClassifier
@@ -95,6 +98,15 @@ class DavsModel(nn.Module):
         self.wid_person_adversary = WidPersonAdversary(cfg)
         self.person_probe = PersonProbe(cfg)  # no parameters: a bank of recent clips
         self.sequence_discriminator = SequenceDiscriminator(cfg)
+        self.kernel_backend = "auto"  # of the fused ops; `set_kernel_backend`
+
+    def set_kernel_backend(self, backend: str) -> DavsModel:
+        """Run the fused ops with `backend`: "auto" (Triton kernels on CUDA, the PyTorch
+        references elsewhere), "triton" or "ref" (the definition of correct; what export
+        traces). Returns self. Raises ConfigError for another name."""
+        use_kernel_backend(self, backend)
+        self.kernel_backend = backend
+        return self
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         for name in GENERATOR_SIDE:

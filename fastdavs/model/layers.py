@@ -4,7 +4,8 @@
 word encoder (spec/davs.md §1.3) and the MFCC side of the discriminator's audio-sync head (§1.8).
 `TemporalConv1d` is the conv1d of the temporal stacks (audio branch B, the `tcn` word head),
 computed by the fused `fastdavs.kernels.temporal_conv`; `conv_bn_act` fuses a whole
-conv -> BatchNorm -> activation group into one kernel launch in eval mode.
+conv -> BatchNorm -> activation group into one kernel launch in eval mode. Which implementation
+runs them is chosen at run time, not saved with the architecture: `use_kernel_backend`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastdavs.kernels import fold_batchnorm, temporal_conv, temporal_conv_backend
+from fastdavs.config import ConfigError
+from fastdavs.kernels import BACKENDS, fold_batchnorm, temporal_conv, temporal_conv_backend
 
 
 class TemporalConv1d(nn.Conv1d):
@@ -37,6 +39,20 @@ class TemporalConv1d(nn.Conv1d):
         """Whether `conv_bn_act` fuses this conv with `bn` for input `x`: BatchNorm in eval mode
         (folded into the weights) and the Triton path (the reference keeps the modules apart)."""
         return not bn.training and temporal_conv_backend(self.backend, x) == "triton"
+
+
+def use_kernel_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Run every `TemporalConv1d` inside `module` with `backend`: "auto" (the fused Triton
+    kernel on CUDA, the PyTorch reference elsewhere), "triton" or "ref". Returns `module`.
+
+    Raises:
+        ConfigError: an unknown backend."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"kernel_backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    for m in module.modules():
+        if isinstance(m, TemporalConv1d):
+            m.backend = backend
+    return module
 
 
 def conv_bn_act(

@@ -30,14 +30,12 @@ class TemporalConvStack(nn.Sequential):
     launch (BN folded into the weights, bias and ReLU in the kernel's epilogue).
     """
 
-    def __init__(self, in_channels: int, channels: int, backend: str = "auto"):
+    def __init__(self, in_channels: int, channels: int):
         super().__init__(
-            TemporalConv1d(in_channels, channels, 3, padding=1, bias=False, backend=backend),
+            TemporalConv1d(in_channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm1d(channels),
             nn.ReLU(inplace=True),
-            TemporalConv1d(
-                channels, channels, 3, padding=2, dilation=2, bias=False, backend=backend
-            ),
+            TemporalConv1d(channels, channels, 3, padding=2, dilation=2, bias=False),
             nn.BatchNorm1d(channels),
             nn.ReLU(inplace=True),
         )
@@ -64,7 +62,7 @@ class WordClassifier(nn.Module):
             nn.init.normal_(self.fc1.weight, 0.0, 1e-4)
             nn.init.zeros_(self.fc1.bias)
         else:
-            self.tcn = TemporalConvStack(cfg.word_dim, hidden, cfg.kernel_backend)
+            self.tcn = TemporalConvStack(cfg.word_dim, hidden)
         self.fc2 = nn.Linear(hidden, cfg.num_words)
 
     def forward(self, wid: torch.Tensor) -> torch.Tensor:  # [B, T, word_dim] -> [B, num_words]

@@ -15,12 +15,21 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fastdavs.cli import Parser, add_config_args, config_from_args, run
+from fastdavs.cli import (
+    Parser,
+    add_config_args,
+    add_dataclass_args,
+    config_from_args,
+    dataclass_from_args,
+    option,
+    run,
+)
 from fastdavs.config import DavsConfig
 from fastdavs.errors import OptionError
 from fastdavs.train.stages import STAGES
@@ -29,7 +38,27 @@ PROG = "fastdavs-train"
 SYNTH_VERSION = 3  # bump when SynthLRW's content changes, so caches are rebuilt (3: 120 identities)
 
 
+# DavsConfig fields the data decides (`fit_to_data`): no flag offers them.
+DATA_FIELDS = ("num_words", "num_identities")
+# The loss weights of disentangling, all 0 in the --no-disentangle ablation.
+DISENTANGLING = ("pid_uniform", "wid_uniform", "adversary_ce", "identity_scatter", "probe_uniform")
+
+
+@dataclass
+class Ablation:
+    """Switches that change what is trained, applied to the config before it is saved."""
+
+    no_disentangle: bool = option(
+        False,
+        help="ablation: disentangling off (sets "
+        + ", ".join("--loss-" + name.replace("_", "-") for name in DISENTANGLING)
+        + " to 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from fastdavs.train.loop import RunOptions
+
     parser = Parser(
         prog=PROG,
         description="Train DAVS end to end: identity pretraining (pid), the shared word space "
@@ -37,24 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         "preset), then joint generation with adversarial disentangling (gen). With no --data, "
         "the embedded SynthLRW data set is generated once and used.",
     )
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / fp16 (CUDA)")
-    parser.add_argument("--data", metavar="DIR", help="shards from fastdavs-prepare")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
-    parser.add_argument("--stage", choices=("all", *STAGES), default="all")
-    parser.add_argument("--steps", type=int, metavar="N", help="bound each stage to N steps")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--workers", type=int, metavar="N", help="data loader processes")
-    parser.add_argument(
-        "--no-disentangle",
-        action="store_true",
-        help="ablation: disentangling off (sets --loss-pid-uniform, --loss-wid-uniform, "
-        "--loss-adversary-ce, --loss-identity-scatter and --loss-probe-uniform to 0)",
+    add_dataclass_args(
+        parser.add_argument_group("run options (not saved with the model)"), RunOptions
     )
-    parser.add_argument(
-        "--no-eval", action="store_true", help="skip fastdavs-eval at the end of training"
+    add_dataclass_args(parser.add_argument_group("ablation"), Ablation)
+    add_config_args(parser, default_preset=None, exclude=DATA_FIELDS)
+    parser.epilog = (
+        "--preset defaults to 'small' without a GPU and 'paper' with one. The vocabulary size "
+        "(num_words) and the number of identities (num_identities) come from the data."
     )
-    add_config_args(parser, default_preset=None)
-    parser.epilog = "--preset defaults to 'small' without a GPU and 'paper' with one."
     return parser
 
 
@@ -138,48 +158,24 @@ def _train(argv: Sequence[str] | None) -> None:
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args, args.preset or default_preset())
-    if args.no_disentangle:
-        cfg = dataclasses.replace(
-            cfg,
-            loss=dataclasses.replace(
-                cfg.loss,
-                pid_uniform=0.0,
-                wid_uniform=0.0,
-                adversary_ce=0.0,
-                identity_scatter=0.0,
-                probe_uniform=0.0,
-            ),
-        )
+    opts = dataclass_from_args(RunOptions, args)
+    if dataclass_from_args(Ablation, args).no_disentangle:
+        loss = dataclasses.replace(cfg.loss, **dict.fromkeys(DISENTANGLING, 0.0))
+        cfg = dataclasses.replace(cfg, loss=loss)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     distributed = _distributed()
     try:
         rank = dist.get_rank() if distributed else 0
-        if args.data:
-            data = Path(args.data)
-        else:
+        data = opts.data
+        if data is None:
             data = embedded_data(cfg.image_size) if rank == 0 else None
             if distributed:
                 box = [data]
                 dist.broadcast_object_list(box, 0)
                 data = box[0]
-        stages = STAGES if args.stage == "all" else (args.stage,)
-        cfg = fit_to_data(cfg, data, stages)
-        device = (
-            f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-        )
-        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-        opts = RunOptions(
-            data=data,
-            out=out,
-            stages=stages,
-            amp=args.amp,
-            max_steps=args.steps,
-            resume=args.resume,
-            workers=args.workers,
-            device=device,
-            evaluate=not args.no_eval,
-        )
-        Trainer(cfg, opts).run()
+        cfg = fit_to_data(cfg, data, opts.stages)
+        out = opts.out or Path(f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        Trainer(cfg, dataclasses.replace(opts, data=data, out=out)).run()
         if rank == 0:
             print(f"run directory: {out}")
     finally:

@@ -29,9 +29,11 @@ modules in DistributedDataParallel (`TrainStep`); rank 0 alone logs and saves.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +45,14 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 import fastdavs
+from fastdavs.cli import option
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset, make_loader
 from fastdavs.data.shards import ShardSet
 from fastdavs.errors import FastdavsError
 from fastdavs.io.atomic import write_json, write_text
 from fastdavs.io.checkpoint import RUN_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastdavs.kernels import BACKENDS
 from fastdavs.machine import machine_info
 from fastdavs.model import DavsModel
 from fastdavs.train import stages
@@ -62,21 +66,74 @@ class TrainingError(FastdavsError):
     """Training cannot go on (too many non-finite steps, nothing to train on...)."""
 
 
+def _stages(text: str) -> tuple[str, ...]:
+    """--stage: "all" or one stage name -> the stages to run, in order."""
+    if text == "all":
+        return stages.STAGES
+    if text not in stages.STAGES:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose one of all, {', '.join(stages.STAGES)}")
+    return (text,)
+
+
 @dataclass
 class RunOptions:
-    """How to run, beside what to train (`DavsConfig`)."""
+    """How to run, beside what to train (`DavsConfig`): nothing here is saved with the model.
+    `fastdavs-train` derives its flags from these fields (`fastdavs.cli.add_dataclass_args`)."""
 
-    data: Path  # prepared shards
-    out: Path  # run directory
-    stages: tuple[str, ...] = stages.STAGES
-    amp: bool = False
-    max_steps: int | None = None  # bound on each stage's steps (quick runs)
-    resume: bool = False
-    workers: int | None = None  # loader processes (default: dataset.default_num_workers)
-    device: str = "cpu"
-    channels_last: bool = True  # NHWC convolutions (1.1-1.3x faster steps on CPU)
-    retain_heap: bool = True  # on CPU, keep freed memory in the process (train_step.retain_heap)
-    evaluate: bool = True  # fastdavs-eval on held-out identities at the end (RUN/eval.json)
+    data: Path | None = option(
+        None,
+        metavar="DIR",
+        help="shards from fastdavs-prepare (default: the embedded SynthLRW set, "
+        "generated once into $FASTDAVS_CACHE)",
+    )
+    out: Path | None = option(None, metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    stages: tuple[str, ...] = option(
+        stages.STAGES,
+        flag="--stage",
+        parse=_stages,
+        metavar="{all," + ",".join(stages.STAGES) + "}",
+        help="the stages to run: all (default) or one of them",
+    )
+    amp: bool = option(False, help="bfloat16 autocast (CPU) / fp16 (CUDA)")
+    max_steps: int | None = option(
+        None, flag="--steps", metavar="N", help="bound each stage to N steps"
+    )
+    resume: bool = option(False, help="continue from the last checkpoint")
+    workers: int | None = option(
+        None, metavar="N", help="data loader processes (default: dataset.default_num_workers)"
+    )
+    device: str | None = option(
+        None,
+        help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK where CUDA is available, else cpu)",
+    )
+    channels_last: bool = option(
+        True, help="NHWC convolutions (1.1-1.3x faster steps on CPU; default: on)"
+    )
+    retain_heap: bool = option(
+        True,
+        help="on CPU, keep freed memory in the process instead of returning it to the "
+        "system (step.retain_heap; default: on)",
+    )
+    kernel_backend: str = option(
+        "auto",
+        choices=BACKENDS,
+        help="fused ops (temporal convolutions, contrastive loss): auto runs the Triton "
+        "kernels on CUDA and the PyTorch references elsewhere; triton or ref force one",
+    )
+    evaluate: bool = option(
+        True,
+        flag="--eval",
+        help="fastdavs-eval on held-out identities at the end (RUN/eval.json; default: on)",
+    )
+
+    @property
+    def torch_device(self) -> torch.device:
+        """`device`, or this process's default: cuda:LOCAL_RANK where CUDA is available."""
+        if self.device is not None:
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
 
 
 class LossWindow:
@@ -120,10 +177,12 @@ class Trainer:
         self.cfg, self.opts = cfg, opts
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
-        self.device = torch.device(opts.device)
+        if opts.data is None or opts.out is None:
+            raise TypeError("RunOptions.data and .out must be set before training")
+        self.device = opts.torch_device
         self.heap_retained = opts.retain_heap and self.device.type == "cpu" and retain_heap()
         torch.manual_seed(cfg.schedule.seed)
-        self.model = DavsModel(cfg).to(self.device)
+        self.model = DavsModel(cfg).set_kernel_backend(opts.kernel_backend).to(self.device)
         if opts.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.world > 1:
@@ -222,7 +281,8 @@ class Trainer:
             "autocast": str(self.step.autocast_dtype()).removeprefix("torch.") if o.amp else None,
             "channels_last": o.channels_last,
             "retain_heap": self.heap_retained,
-            "device": o.device,
+            "kernel_backend": o.kernel_backend,
+            "device": str(self.device),
             "world_size": self.world,
             "max_steps": o.max_steps,
             "versions": {"torch": torch.__version__, "fastdavs": fastdavs.__version__},

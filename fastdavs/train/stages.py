@@ -28,10 +28,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import take_run
 from fastdavs.model import DavsModel, EncodedIdentity
 from fastdavs.model.losses import (
@@ -69,27 +67,6 @@ def _person_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     known = labels >= 0  # [N]
     per_item = cross_entropy(logits, labels.clamp(min=0), reduction="none")  # [N]
     return (per_item * known).sum() / known.sum().clamp(min=1)
-
-
-def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random collated batch shaped like DavsDataset's (for tests and benchmarks): smooth
-    frames a generator can fit (bilinear upsampling of 4x4 noise), MFCC-scaled windows."""
-    g = torch.Generator().manual_seed(seed)
-    b, s, L, P = batch_size, cfg.image_size, cfg.seq_len, cfg.adv_frames
-
-    def frames(n: int) -> torch.Tensor:  # [B, n, 3, S, S]
-        coarse = torch.rand(b * n, 3, 4, 4, generator=g)
-        return F.interpolate(coarse, size=(s, s), mode="bilinear").view(b, n, 3, s, s)
-
-    return {
-        "identity": frames(1)[:, 0],
-        "frames": frames(L),
-        "mfcc": torch.randn(b, L, cfg.mfcc_steps, cfg.mfcc_coeffs, generator=g) * 10,
-        "gen_start": torch.randint(L - cfg.gan_frames + 1, (b,), generator=g),
-        "adv_frames": frames(P),
-        "word": torch.randint(cfg.num_words, (b,), generator=g),
-        "identity_label": torch.randint(cfg.num_identities, (b,), generator=g),
-    }
 
 
 # ---- pid ---------------------------------------------------------------------------------------
@@ -228,7 +205,7 @@ def generator_loss(
     # Generation training detaches the video side of the contrastive loss (only audio is pulled
     # toward video); the wid stage trains both.
     video = fwd.wid_v.detach() if stage == "gen" else fwd.wid_v
-    margin, kb = w.contrastive_margin, cfg.kernel_backend
+    margin, kb = w.contrastive_margin, model.kernel_backend
     terms = [
         (w.word_ce, "ce_audio", cross_entropy(model.word_classifier(fwd.wid_a), word)),
         (w.word_ce, "ce_video", cross_entropy(model.word_classifier(fwd.wid_v), word)),
