@@ -42,6 +42,8 @@ SYNTH_VERSION = 3  # bump when SynthLRW's content changes, so caches are rebuilt
 DATA_FIELDS = ("num_words", "num_identities")
 # The loss weights of disentangling, all 0 in the --no-disentangle ablation.
 DISENTANGLING = ("pid_uniform", "wid_uniform", "adversary_ce", "identity_scatter", "probe_uniform")
+# The loss weights whose terms read identity labels, all 0 on data without them.
+NEEDS_IDENTITIES = ("wid_uniform", "identity_scatter", "probe_uniform")
 
 
 @dataclass
@@ -132,9 +134,7 @@ def fit_to_data(cfg: DavsConfig, data: Path, stages: Sequence[str] = STAGES) -> 
         cfg = dataclasses.replace(
             cfg,
             schedule=dataclasses.replace(cfg.schedule, pid_steps=0),
-            loss=dataclasses.replace(
-                cfg.loss, wid_uniform=0.0, identity_scatter=0.0, probe_uniform=0.0
-            ),
+            loss=dataclasses.replace(cfg.loss, **dict.fromkeys(NEEDS_IDENTITIES, 0.0)),
             optim=dataclasses.replace(cfg.optim, identity_group=1),
         )
     return cfg.validate()
