@@ -64,7 +64,7 @@ import numpy as np
 from fastdavs.data.audio import FIRST_FRAME, N_COEFFS, WINDOW_STEPS
 from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.errors import DataError
-from fastdavs.io.atomic import publish_dir, write_json
+from fastdavs.io.atomic import CommitOnExit, publish_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class _OpenShard:
     face_shares: list[float]
 
 
-class ShardWriter:
+class ShardWriter(CommitOnExit):
     """Append clips to the shards of one split, `capacity` clips per shard, each written atomically.
 
     Args:
@@ -175,15 +175,6 @@ class ShardWriter:
         self.next_shard = first_shard
         self.written: list[Path] = []  # committed shard directories, in order
         self._open: _OpenShard | None = None
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def add(
         self,

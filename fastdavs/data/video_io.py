@@ -48,6 +48,7 @@ from av.video.reformatter import VideoReformatter
 
 from fastdavs.data.audio import SAMPLE_RATE
 from fastdavs.errors import DataError
+from fastdavs.io.atomic import CommitOnExit
 
 VIDEO_CODEC = "libx264"  # PyAV's wheels bundle FFmpeg with libx264 (and no libopenh264)
 AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (no libfdk_aac in the wheels)
@@ -299,7 +300,7 @@ def write_mp4(
     return path
 
 
-class Mp4Writer:
+class Mp4Writer(CommitOnExit):
     """`write_mp4` a chunk of frames at a time, for videos too long to hold in memory.
 
         with Mp4Writer(path, (H, W), audio) as writer:
@@ -410,15 +411,6 @@ class Mp4Writer:
                 self._container.close()
             self._container = None
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> Mp4Writer:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _wav_shortfall(path: Path) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,21 @@ def leftovers(path: str | os.PathLike) -> list[Path]:
     the caller's) that a killed process left beside it. A running writer owns its own."""
     path = Path(path)
     return sorted(path.parent.glob(f".{glob.escape(path.name)}{_TMP}*"))
+
+
+class CommitOnExit:
+    """A writer that publishes on `close()` and discards on `abort()` (shards, mp4s), as a
+    context manager: `close` when the block ends normally, `abort` when it raises. Subclasses
+    define both."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 # ---- files ----------------------------------------------------------------------------------
