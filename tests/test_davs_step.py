@@ -17,7 +17,7 @@ B = 3
 
 
 def _batch(cfg: DavsConfig, seed: int = 0) -> dict:
-    """stages.example_batch with one unknown identity (label -1) among the B clips."""
+    """example_batch with one unknown identity (label -1) among the B clips."""
     batch = example_batch(cfg, B, seed)
     batch["identity_label"] = torch.tensor([0, -1, cfg.num_identities - 1])
     return batch
