@@ -110,6 +110,12 @@ def test_prepare_and_load_batches(synth_dir, tmp_path):
         assert np.array_equal(train.visemes[i], np.float32(sidecar["visemes"])[2:27])
     meta = json.loads((out / "train/shard_00000/meta.json").read_text())
     assert meta["format_version"] == 2 and meta["arrays"]["viseme"]["shape"] == [6, 25, 4]
+    # Each item's visemes are those of its sequence frames (stride 2 from the plan's start).
+    assert batch["visemes"].shape == (4, cfg.seq_len, 4)
+    for i in range(len(ds)):
+        start = ds.plan(i, ds.epoch).seq_start
+        want = train.visemes[i][start : start + 2 * cfg.seq_len - 1 : 2]
+        assert np.array_equal(ds[i]["visemes"].numpy(), want)
 
     # A rerun finds every shard complete and does no work.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/shard_*/frames.npy")}
@@ -134,6 +140,12 @@ def test_sidecars_without_visemes_prepare_without_the_array(synth_dir, tmp_path)
     assert not (tmp_path / "out/train/shard_00000/viseme.npy").exists()
     meta = json.loads((tmp_path / "out/train/shard_00000/meta.json").read_text())
     assert set(meta["arrays"]) == {"frames", "mfcc", "word", "identity"}
+    cfg = DavsConfig.from_preset("tiny")
+    assert "visemes" not in DavsDataset(ShardSet(tmp_path / "out", "train"), cfg, train=False)[0]
+    assert DavsDataset(ShardSet(tmp_path / "out", "val"), cfg, train=False)[0]["visemes"].shape == (
+        cfg.seq_len,
+        4,
+    )
 
 
 def test_a_synthlrw_set_of_format_1_is_read_but_not_reused(synth_dir, tmp_path):

@@ -247,3 +247,38 @@ def test_identity_scatter_trains_the_word_encoders_in_wid_and_gen():
         grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
         assert grads and any(g.abs().max() > 0 for g in grads), name
     assert all(p.grad is None for p in model.generator.parameters())
+
+
+def test_viseme_head_exists_only_when_weighted_and_trains_with_the_word_space():
+    """loss.viseme > 0 adds a linear head word-ID -> the 4 visemes of every frame, trained in
+    `wid` with the encoders; its loss is the MSE of both modalities' readouts against the
+    batch's ground truth. At 0 (the paper's setup) the model has no such head at all."""
+    plain = DavsModel(DavsConfig.from_preset("tiny"))
+    assert plain.viseme_head is None
+    assert not any(k.startswith("viseme_head") for k in plain.state_dict())
+    torch.manual_seed(0)
+    cfg = DavsConfig.from_preset("tiny")
+    cfg.loss.viseme = 10.0
+    model = _model(cfg)
+    batch = _batch(cfg)
+    fwd = stages.forward(model, batch, "wid")
+    loss, parts = stages.generator_loss(model, fwd, batch, "wid")
+    truth = batch["visemes"]
+    for name, wid in (("viseme_audio", fwd.wid_a), ("viseme_video", fwd.wid_v)):
+        want = ((wid @ model.viseme_head.weight.T + model.viseme_head.bias) - truth).pow(2).mean()
+        assert parts[name].item() == pytest.approx(want.item(), rel=1e-5)
+    loss.backward()
+    # (the modality flip reaches the discriminator too; its own step ignores those gradients)
+    reached = ("video_encoder", "audio_encoder", "word_classifier", "viseme_head")
+    _grads(model, _names(model, (*reached, "modality_discriminator")))
+    step = TrainStep(model, cfg, torch.device("cpu"), amp=False)
+    step.make_optimizers("wid")
+    g_params = {id(p) for g in step.optimizers["g"].param_groups for p in g["params"]}
+    assert {id(p) for p in model.viseme_head.parameters()} <= g_params
+    names = ("viseme_audio", "viseme_video")
+    first = {k: v.item() for k, v in step("wid", batch).items() if k in names}
+    for _ in range(14):  # the same batch: both readouts fit it (video through dropout, slower)
+        parts = step("wid", batch)
+    last = {k: parts[k].item() for k in names}
+    assert last["viseme_audio"] < 0.6 * first["viseme_audio"], (first, last)
+    assert last["viseme_video"] < 0.95 * first["viseme_video"], (first, last)

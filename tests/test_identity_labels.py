@@ -1,6 +1,7 @@
 """Identity labels for corpora without them: `fastdavs-prepare --identities CSV` labels each
 clip with its person, bad CSVs are one-line errors naming the file (and line), a rerun with
-other labels is refused, and training on data without labels turns off what needs them."""
+other labels is refused, and training on data without labels turns off what needs them (so does
+data without the mouth's ground truth, for the viseme readout)."""
 
 import csv
 import json
@@ -162,3 +163,23 @@ def test_train_command_on_unlabelled_data_skips_pid(unlabelled, tmp_path, capsys
     lines = (run / "metrics.jsonl").read_text().splitlines()
     stages = [json.loads(line)["stage"] for line in lines]
     assert "pid" not in stages and {"wid", "render", "gen"} <= set(stages)
+
+
+def test_training_on_data_without_visemes_turns_the_readout_off(shards, tmp_path, caplog):
+    """Real LRW has no visemes: --loss-viseme is then weighed 0, with a warning naming the data."""
+    data = Path(shutil.copytree(shards, tmp_path / "lrw_like"))
+    for meta_path in data.glob("*/shard_*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        del meta["arrays"]["viseme"]
+        meta_path.write_text(json.dumps(meta))
+        (meta_path.parent / "viseme.npy").unlink()
+    cfg = DavsConfig.from_preset("tiny")
+    cfg.loss.viseme = 10.0
+    with caplog.at_level(logging.WARNING):
+        fitted = fit_to_data(cfg, data)
+    assert "holds no visemes" in caplog.text and str(data) in caplog.text
+    assert fitted.loss.viseme == 0 and fitted.loss.word_ce == cfg.loss.word_ce
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert fit_to_data(cfg, shards).loss.viseme == 10.0
+    assert "visemes" not in caplog.text

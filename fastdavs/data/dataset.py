@@ -15,6 +15,9 @@ One item holds, with S = cfg.image_size, L = cfg.seq_len, P = cfg.adv_frames, G 
     adv_frames      float32 [P, 3, S, S]  P consecutive frames for the pid -> word adversary
     word            int64 []              word label
     identity_label  int64 []              identity label, -1 where unknown (real LRW)
+    visemes         float32 [L, 4]        the ground-truth mouth of each of `frames` (jaw opening,
+                                          lip width, rounding, teeth), only from shards that
+                                          hold it (SynthLRW); a flip does not change it
 
 The generation run is returned as a start index, not as frames: the run is a slice of `frames`
 and `mfcc`, so `take_run` cuts it from the batch on the training device instead of sending the
@@ -46,6 +49,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdavs.config import ConfigError, DavsConfig
+from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.data.shards import FRAMES_PER_CLIP, ShardSet
 from fastdavs.errors import DataError
 
@@ -174,7 +178,7 @@ class DavsDataset(Dataset):
             np.divide(src.transpose(0, 3, 1, 2), _U8_MAX, out=dst, dtype=np.float32)
         x = torch.from_numpy(x)
         mfcc = self.shards.mfcc(index)[seq].astype(np.float32)  # [L, 20, 12]
-        return {
+        item = {
             "identity": x[0],
             "frames": x[1 : 1 + n_seq],
             "mfcc": torch.from_numpy(mfcc),
@@ -183,6 +187,9 @@ class DavsDataset(Dataset):
             "word": torch.tensor(int(self.shards.words[index])),
             "identity_label": torch.tensor(int(self.shards.identities[index])),
         }
+        if self.shards.visemes is not None:
+            item["visemes"] = torch.from_numpy(self.shards.visemes[index][seq].copy())  # [L, 4]
+        return item
 
 
 def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -205,6 +212,7 @@ def example_batch(cfg: DavsConfig, batch_size: int, seed: int = 0) -> dict[str, 
         "adv_frames": frames(P),
         "word": torch.randint(cfg.num_words, (b,), generator=g),
         "identity_label": torch.randint(cfg.num_identities, (b,), generator=g),
+        "visemes": torch.rand(b, L, len(VISEME_DIMS), generator=g),
     }
 
 

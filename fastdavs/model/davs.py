@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.model.adversaries import (
     IdentityClassifier,
     ModalityDiscriminator,
@@ -53,6 +54,7 @@ GENERATOR_SIDE = (
     "audio_encoder",
     "word_classifier",
     "generator",
+    "viseme_head",
 )
 DISCRIMINATOR_SIDE = (
     "modality_discriminator",
@@ -98,6 +100,8 @@ class DavsModel(nn.Module):
         self.wid_person_adversary = WidPersonAdversary(cfg)
         self.person_probe = PersonProbe(cfg)  # no parameters: a bank of recent clips
         self.sequence_discriminator = SequenceDiscriminator(cfg)
+        # Per-frame word-ID [..., D] -> the mouth's visemes [..., 4] (`LossWeights.viseme`).
+        self.viseme_head = nn.Linear(cfg.word_dim, len(VISEME_DIMS)) if cfg.loss.viseme else None
         self.kernel_backend = "auto"  # of the fused ops; `set_kernel_backend`
 
     def set_kernel_backend(self, backend: str) -> DavsModel:
@@ -110,7 +114,9 @@ class DavsModel(nn.Module):
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         for name in GENERATOR_SIDE:
-            yield from getattr(self, name).parameters()
+            module = getattr(self, name)
+            if module is not None:  # viseme_head exists only with loss.viseme > 0
+                yield from module.parameters()
 
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
         for name in DISCRIMINATOR_SIDE:

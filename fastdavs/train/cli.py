@@ -111,8 +111,9 @@ def fit_to_data(cfg: DavsConfig, data: Path, stages: Sequence[str] = STAGES) -> 
     identity classifier or the word-ID -> person adversary: the config then schedules no `pid`
     steps and weighs the terms that read identities (that adversary's uniform loss, identity
     scatter) 0, and a warning says so; training only `pid` on such data is an OptionError.
-    The identity encoder then learns only through generation."""
-    from fastdavs.data.shards import load_index
+    The identity encoder then learns only through generation. Likewise data without the mouth's
+    ground truth (anything but SynthLRW) weighs the viseme readout 0, with a warning."""
+    from fastdavs.data.shards import ShardSet, load_index
 
     index = load_index(data)
     cfg = dataclasses.replace(
@@ -137,6 +138,13 @@ def fit_to_data(cfg: DavsConfig, data: Path, stages: Sequence[str] = STAGES) -> 
             loss=dataclasses.replace(cfg.loss, **dict.fromkeys(NEEDS_IDENTITIES, 0.0)),
             optim=dataclasses.replace(cfg.optim, identity_group=1),
         )
+    if cfg.loss.viseme and ShardSet(data, "train").visemes is None:
+        logging.getLogger(__name__).warning(
+            "%s holds no visemes (the mouth's ground truth of each frame, which SynthLRW "
+            "records): the viseme readout (--loss-viseme) is off.",
+            data,
+        )
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, viseme=0.0))
     return cfg.validate()
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastdavs.data.dataset import take_run
@@ -224,6 +225,11 @@ def generator_loss(
             terms.append((w.probe_uniform, f"probe_{name}", loss))
             terms.append((0.0, f"probe_{name}_acc", accuracy))
         probe.push(*means, persons)
+    if w.viseme and stage == "wid":  # the mouth's ground truth from each frame's word-ID
+        truth = batch["visemes"]  # [B, L, 4]
+        for name, wid in (("viseme_audio", fwd.wid_a), ("viseme_video", fwd.wid_v)):
+            guess = model.viseme_head(wid).float()  # [B, L, 4]
+            terms.append((w.viseme, name, F.mse_loss(guess, truth)))
     if stage == "wid":
         return _sum(terms)
     box = cfg.mouth_box_px

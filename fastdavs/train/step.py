@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 # Modules each stage's optimisers own: (generator side, discriminator side).
 STAGE_MODULES = {
     "pid": (("identity_encoder", "identity_classifier"), ()),
-    "wid": (("video_encoder", "audio_encoder", "word_classifier"), ("modality_discriminator",)),
+    "wid": (
+        ("video_encoder", "audio_encoder", "word_classifier", "viseme_head"),
+        ("modality_discriminator",),
+    ),
     "render": (("generator", "audio_encoder"), ()),
     "gen": (
         ("identity_encoder", "video_encoder", "audio_encoder", "word_classifier", "generator"),
@@ -152,6 +155,7 @@ class TrainStep:
         self.optimizers, self.wrappers = {}, {}
         split = o.adversary_lr_scale != 1.0
         for side, names in zip(("g", "d"), STAGE_MODULES[stage], strict=True):
+            names = tuple(n for n in names if getattr(self.model, n) is not None)  # optional heads
             groups = []
             for scale, members in (
                 (1.0, [n for n in names if not (split and n in ADVERSARIES)]),
