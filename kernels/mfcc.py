@@ -413,6 +413,17 @@ def mfcc_triton(
     return out
 
 
+def mfcc_backend(audio: torch.Tensor, backend: str = "auto") -> str:
+    """``"triton"`` or ``"ref"``: what `mfcc` runs for `audio` asked for `backend` (the kernel
+    takes float32/float16/bfloat16 CUDA input and computes no gradient).
+
+    Raises:
+        KernelError: unknown backend, or ``"triton"`` forced where it cannot run.
+    """
+    needs_grad = torch.is_grad_enabled() and audio.requires_grad
+    return resolve_backend("mfcc", backend, audio, _mfcc_kernel, DTYPES, needs_grad)
+
+
 def mfcc(
     audio: torch.Tensor, *, backend: str = "auto", blocks: MfccBlocks | None = None
 ) -> torch.Tensor:
@@ -431,12 +442,10 @@ def mfcc(
         output has no gradient.
 
     Raises:
-        KernelError: ``"triton"`` unavailable, or asked for a gradient.
-        AudioError: audio the recipe cannot take.
-        (both ValueErrors)
+        KernelError (a ValueError): ``"triton"`` unavailable, asked for a gradient, or audio the
+            recipe cannot take.
     """
-    needs_grad = torch.is_grad_enabled() and audio.requires_grad
-    if resolve_backend("mfcc", backend, audio, _mfcc_kernel, DTYPES, needs_grad) == "ref":
+    if mfcc_backend(audio, backend) == "ref":
         return mfcc_ref(audio)
     _check_waveform(audio, DTYPES)
     x = audio if audio.dim() == 2 else audio[None]  # [B, S]

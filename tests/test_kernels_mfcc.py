@@ -146,6 +146,11 @@ def test_dispatch(signals):
         A.mfcc(xg, backend="triton")
     with torch.no_grad():
         assert A.mfcc(xg, backend="triton").shape == (3, 12, 1)
+    # 16-bit audio reaches the kernel through audio.mfcc (the reference takes 32/64-bit only).
+    half = x.detach().to(DEVICE, torch.bfloat16)
+    torch.testing.assert_close(A.mfcc(half, backend="triton"), mfcc(half, backend="triton"))
+    with pytest.raises(A.AudioError, match="float32 or float64"):
+        A.mfcc(x.detach().to(torch.bfloat16), backend="ref")
 
 
 def test_errors():

@@ -23,7 +23,16 @@ from __future__ import annotations
 import torch
 
 from fastdavs.errors import FastdavsError
-from fastdavs.kernels.mfcc import HOP, N_COEFFS, SAMPLE_RATE, WIN, mfcc_ref, waveform_problem
+from fastdavs.kernels.mfcc import DTYPES as FUSED_DTYPES
+from fastdavs.kernels.mfcc import (
+    HOP,
+    N_COEFFS,
+    SAMPLE_RATE,
+    WIN,
+    mfcc_backend,
+    mfcc_ref,
+    waveform_problem,
+)
 from fastdavs.kernels.mfcc import mfcc as fused_mfcc
 
 # The recipe's constants are defined beside its kernel; the front end's users read them here.
@@ -84,17 +93,18 @@ def mfcc(
     Args:
         audio (Tensor): float waveform at 16 kHz, shape `(B, S)` or `(S,)`, with S >= 400.
         sample_rate (int, optional): rate of `audio` in Hz; must be 16000. (Default: 16000)
-        backend (str, optional): ``"ref"`` runs the code below; ``"triton"`` the fused kernel
+        backend (str, optional): ``"ref"`` runs the reference, `fastdavs.kernels.mfcc.mfcc_ref`
+            (the recipe of the module docstring); ``"triton"`` the fused kernel
             `fastdavs.kernels.mfcc.mfcc` (forward only; float32, float16 or bfloat16);
             ``"auto"`` picks the kernel for CUDA input of those dtypes when no gradient is
-            needed, the code below otherwise (always on CPU). (Default: ``"auto"``)
+            needed, the reference otherwise (always on CPU). (Default: ``"auto"``)
         gain (float or None, optional): multiply every row by this instead of its int16 gain,
             for audio whose peak is not known up front (`fastdavs.stream` fixes it before the
             clip has ended). c1..c12 do not depend on the gain (it adds the same constant to
             every log energy of a frame, which DCT rows 1.. cancel; a power of two such as
             32768 or 1 also scales the FFT exactly), except in frames whose filter-bank energy
             is below ``LOG_FLOOR`` under one gain and not the other: near digital silence.
-            The fused kernel does not take it: ``"auto"`` then runs the code below and
+            The fused kernel does not take it: ``"auto"`` then runs the reference and
             ``"triton"`` refuses. (Default: None, the per-row int16 gain)
 
     Returns:
@@ -115,10 +125,11 @@ def mfcc(
         )
     if gain is not None and backend == "triton":
         raise AudioError('mfcc: a fixed gain= runs on backend "ref" (or "auto"), not "triton"')
-    check_waveform(audio)
-    if backend == "ref" or gain is not None:
+    if gain is not None or mfcc_backend(audio, backend) == "ref":
+        check_waveform(audio)
         return mfcc_ref(audio, gain)
-    return fused_mfcc(audio, backend=backend)
+    check_waveform(audio, FUSED_DTYPES)
+    return fused_mfcc(audio, backend="triton")
 
 
 def mfcc_windows(coeffs: torch.Tensor) -> tuple[torch.Tensor, int]:
