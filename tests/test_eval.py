@@ -18,7 +18,7 @@ from torch import nn
 from fastdavs.config import DavsConfig
 from fastdavs.data.dataset import DavsDataset
 from fastdavs.data.prepare import prepare
-from fastdavs.data.shards import INDEX_FILE, ShardSet
+from fastdavs.data.shards import INDEX_FILE, ShardSet, load_index
 from fastdavs.data.synth import SynthConfig, generate
 from fastdavs.errors import DataError
 from fastdavs.evaluate.cli import main as eval_main
@@ -129,8 +129,17 @@ def test_every_metric_is_present_in_range_and_deterministic(shards, model):
     assert all(math.isfinite(x) for x in _numbers(results))
 
     lr = results["lip_reading"]
-    assert set(lr) == {"audio", "video", "fused", "generated", "chance"}
+    assert set(lr) == {"audio", "video", "fused", "generated", "chance", "confusions"}
+    lr = {k: v for k, v in lr.items() if k != "confusions"}
+    confused = results["lip_reading"]["confusions"]
     assert all(0 <= v <= 1 for v in lr.values()) and lr["chance"] == pytest.approx(1 / 3)
+    vocabulary = load_index(shards).vocabulary
+    for name in ("audio", "video"):  # the most frequent errors, by word name
+        rows = confused[name]
+        assert all(t in vocabulary and g in vocabulary and t != g and n >= 1 for t, g, n in rows)
+        assert [n for *_, n in rows] == sorted((n for *_, n in rows), reverse=True)
+        errors, listed = round((1 - lr[name]) * 12), sum(n for *_, n in rows)
+        assert listed == errors or (len(rows) == 5 and listed < errors)  # top 5 of <= 6 kinds
     for direction in ("audio_to_video", "video_to_audio"):
         ret = results["retrieval"][direction]
         assert set(ret) == {"r1", "r5", "r10", "median_rank", "mean_rank"}

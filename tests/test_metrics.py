@@ -11,6 +11,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from fastdavs.evaluate.metrics import (
+    confusions,
     linear_probe,
     psnr,
     r2_score,
@@ -43,6 +44,19 @@ def brute_ranks(query: torch.Tensor, cand: torch.Tensor) -> list[int]:
 
 
 # ---- word accuracy --------------------------------------------------------------------------
+def test_confusions_count_the_wrong_guesses_by_name():
+    names = ["A", "B", "C", "D"]
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])
+    guess = torch.tensor([1, 1, 0, 0, 1, 1, 3, 3])  # A->B twice, B->A, C->B, C->D
+    logits = torch.nn.functional.one_hot(guess, 4).float() + torch.rand(8, 4) * 0.1
+    got = confusions(logits, labels, names)
+    assert got == [["A", "B", 2], ["B", "A", 1], ["C", "B", 1], ["C", "D", 1]]
+    assert confusions(logits, labels, names, top=2) == got[:2]
+    assert confusions(torch.nn.functional.one_hot(labels, 4).float(), labels, names) == []
+    with pytest.raises(ValueError, match="names"):
+        confusions(logits, labels, names[:3])
+
+
 def test_word_accuracy_hand_value():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0], [0.0, 5.0, 1.0], [1.0, 0.0, 0.0]])
     labels = torch.tensor([0, 2, 0, 1])

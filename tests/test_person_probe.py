@@ -9,7 +9,7 @@ import torch
 from fastdavs.config import DavsConfig
 from fastdavs.model import DavsModel
 from fastdavs.model.adversaries import PersonProbe
-from fastdavs.model.davs import colour_jitter
+from fastdavs.model.davs import cepstral_jitter, colour_jitter
 
 K, D = 12, 16
 CFG = DavsConfig.from_preset("tiny", num_identities=K, word_dim=D, probe_bank=24)
@@ -152,20 +152,29 @@ def test_colour_jitter_is_one_colour_change_per_clip():
     assert not torch.allclose(out[0], out[1] * frames[0] / frames[1])  # clips differ
 
 
-def test_video_jitter_only_while_the_video_encoder_trains():
-    cfg = dataclasses.replace(DavsConfig.from_preset("tiny"), video_jitter=0.5)
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_jitter_only_while_its_encoder_trains(modality):
+    field = f"{modality}_jitter"
+    cfg = dataclasses.replace(DavsConfig.from_preset("tiny"), **{field: 0.5})
     torch.manual_seed(0)
     model = DavsModel(cfg).eval()
-    frames = torch.rand(2, 3, 3, cfg.image_size, cfg.image_size)
-    plain = DavsModel(dataclasses.replace(cfg, video_jitter=0.0)).eval()
+    if modality == "video":
+        x = torch.rand(2, 3, 3, cfg.image_size, cfg.image_size)  # [B, T, 3, S, S]
+    else:
+        x = torch.randn(2, 3, cfg.mfcc_steps, cfg.mfcc_coeffs) * 10  # [B, T, F, K]
+    plain = DavsModel(dataclasses.replace(cfg, **{field: 0.0})).eval()
     plain.load_state_dict(model.state_dict())
-    torch.testing.assert_close(model.encode_video(frames), plain.encode_video(frames))
-    model.video_encoder.train()
-    plain.video_encoder.train()
+
+    def encode(m: DavsModel) -> torch.Tensor:
+        return getattr(m, f"encode_{modality}")(x)
+
+    torch.testing.assert_close(encode(model), encode(plain))
+    getattr(model, f"{modality}_encoder").train()
+    getattr(plain, f"{modality}_encoder").train()
     torch.manual_seed(1)
-    jittered = model.encode_video(frames)
+    jittered = encode(model)
     torch.manual_seed(1)
-    assert not torch.allclose(jittered, plain.encode_video(frames))
+    assert not torch.allclose(jittered, encode(plain))
 
 
 def test_wid_step_scores_and_then_banks_the_batch():
@@ -196,3 +205,15 @@ def test_wid_step_scores_and_then_banks_the_batch():
     cfg.loss.probe_uniform = 0.0
     stages.generator_loss(model, stages.forward(model, batch, "wid"), batch, "wid")
     assert probe.cursor.item() == 4  # unchanged
+
+
+def test_cepstral_jitter_is_one_offset_per_clip_and_coefficient():
+    torch.manual_seed(0)
+    mfcc = torch.randn(64, 3, 20, 12)
+    out = cepstral_jitter(mfcc, 2.0)
+    offset = out - mfcc  # [B, T, F, K]
+    torch.testing.assert_close(offset, offset[:, :1, :1].expand_as(offset))  # one per clip
+    per_clip = offset[:, 0, 0]  # [B, K]
+    assert 1.6 < per_clip.std().item() < 2.4  # N(0, 2^2) over 768 draws
+    assert not torch.allclose(per_clip[:, 0], per_clip[:, 1])  # coefficients differ
+    assert cepstral_jitter(mfcc.bfloat16(), 2.0).dtype == torch.bfloat16

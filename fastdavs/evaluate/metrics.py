@@ -4,7 +4,8 @@ Where they sit in the data flow: `fastdavs-eval` runs the model over held-out da
 logits, embeddings and generated frames, and calls these functions; nothing here loads data or
 runs a model. The image metrics return per-item values: callers average.
 
-- lip reading:     `word_accuracy` (fusion is the caller's sum of audio and video logits);
+- lip reading:     `word_accuracy` (fusion is the caller's sum of audio and video logits),
+                   `confusions` (the most frequent wrong guesses, by word name);
 - association:     `retrieval` (audio <-> video R@1/5/10, median and mean rank, both ways);
 - disentangling:   `linear_probe` (identity from word-ID features, word from person-ID features);
 - generation:      `psnr`, `ssim` (full frame, or the mouth via a mask / box); `ridge_regression`
@@ -52,6 +53,29 @@ def word_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
             f"need logits [N, K] and labels [N], N > 0; got {logits.shape}, {labels.shape}"
         )
     return (logits.argmax(1) == labels).double().mean().item()
+
+
+def confusions(
+    logits: torch.Tensor, labels: torch.Tensor, names: list[str], top: int = 5
+) -> list[list]:
+    """The most frequent errors: up to `top` rows [true word, predicted word, count], the most
+    frequent first (ties in the order of the true label, then the predicted one).
+
+    Args:
+        logits: [N, K] class scores; labels: [N] integer labels in [0, K).
+        names: K class names (the vocabulary).
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1] or len(names) < logits.shape[1]:
+        raise ValueError(
+            f"need logits [N, K], labels [N] and K names; got {logits.shape}, {labels.shape}, "
+            f"{len(names)} names"
+        )
+    k = logits.shape[1]
+    guess = logits.argmax(1)
+    wrong = guess != labels
+    counts = torch.bincount(labels[wrong] * k + guess[wrong], minlength=k * k)  # [K*K]
+    order = sorted(range(k * k), key=lambda i: (-int(counts[i]), i))[:top]
+    return [[names[i // k], names[i % k], int(counts[i])] for i in order if counts[i] > 0]
 
 
 # ---- audio <-> video retrieval --------------------------------------------------------------

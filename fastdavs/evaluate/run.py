@@ -10,7 +10,8 @@ Every clip of the split is one item: its L = seq_len frames at stride 2 (centred
 windows and a fixed identity frame of the same clip, exactly as the validation batches of
 training. What is measured:
 
-- lip reading: word accuracy from audio, from video, and fused (the sum of the two logits);
+- lip reading: word accuracy from audio, from video, and fused (the sum of the two logits),
+  and the five most frequent errors of audio and of video (true word, guess, count);
 - retrieval: audio <-> video R@1/5/10 and ranks on `sequence_embedding` (the space the
   contrastive loss trains), over all clips of the split at once;
 - disentanglement probes (`metrics.linear_probe`): identity from the clip-mean word-ID vector
@@ -67,6 +68,7 @@ from fastdavs.data.shards import INDEX_FILE, ShardIndex, ShardSet, load_index
 from fastdavs.errors import DataError
 from fastdavs.evaluate.jaw_probe import JAW, JawProbe, fit_jaw_probe
 from fastdavs.evaluate.metrics import (
+    confusions,
     linear_probe,
     psnr,
     r2_score,
@@ -204,6 +206,10 @@ def evaluate(
         "fused": word_accuracy(r["logits_audio"] + r["logits_video"], words),
         "generated": word_accuracy(r["logits_generated"], words),
         "chance": _majority(words),
+        "confusions": {
+            name: confusions(r[f"logits_{name}"], words, index.vocabulary)
+            for name in ("audio", "video")
+        },
     }
     mouth_reason = (
         None
@@ -432,6 +438,9 @@ def format_table(results: dict) -> str:
         a = ablation["lip_reading"]
         text += f"  | ablation audio {num(a['audio'])}  video {num(a['video'])}"
     lines.append(row("lip reading (word accuracy)", text + f"   (chance {num(lr['chance'])})"))
+    for name, pairs in lr.get("confusions", {}).items():
+        text = ", ".join(f"{true} -> {guess} {n}" for true, guess, n in pairs) or "none"
+        lines.append(row(f"  most frequent errors, {name}", text))
     for key, label in (("audio_to_video", "a->v"), ("video_to_audio", "v->a")):
         ret = r["retrieval"][key]
         lines.append(

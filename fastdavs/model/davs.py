@@ -83,6 +83,14 @@ def colour_jitter(frames: torch.Tensor, strength: float) -> torch.Tensor:
     return (frames * gain.to(frames.dtype) + offset.to(frames.dtype)).clamp(0, 1)
 
 
+def cepstral_jitter(mfcc: torch.Tensor, strength: float) -> torch.Tensor:
+    """mfcc [B, T, F, K] -> the same with one random offset per clip and coefficient, drawn
+    from N(0, strength^2) and shared by every window and step of the clip
+    (`DavsConfig.audio_jitter`). Draws from the global RNG."""
+    offset = torch.randn((mfcc.shape[0], 1, 1, mfcc.shape[-1]), device=mfcc.device)  # [B,1,1,K]
+    return mfcc + (offset * strength).to(mfcc.dtype)
+
+
 class DavsModel(nn.Module):
     """All DAVS modules for one `DavsConfig`; the config is kept on `self.cfg`."""
 
@@ -141,6 +149,8 @@ class DavsModel(nn.Module):
     def encode_audio(self, mfcc: torch.Tensor) -> torch.Tensor:
         """mfcc [B, T, 20, 12] windows -> wid [B, T, word_dim]."""
         b, t = mfcc.shape[:2]
+        if self.audio_encoder.training and self.cfg.audio_jitter:
+            mfcc = cepstral_jitter(mfcc, self.cfg.audio_jitter)
         wid = self.audio_encoder(mfcc.flatten(0, 1))  # [B*T, D]
         return wid.view(b, t, -1)
 
