@@ -455,10 +455,10 @@ def _small() -> DavsConfig:
             pid_steps=100,
             # The word space is unfinished, not overfitted (on the training people the viseme
             # default read 90.5 / 81.8% words against 89.1 / 79.8% held out), so 150 render
-            # steps went to it: over four full default runs (seeds 0-2 on one thread, seed 0 on
-            # two), 450 wid + 1,050 render gave held-out words 90.9 / 82.3% on average against
-            # 89.8 / 80.1% at 300 + 1,200 (video up in three of the four pairs, by 2.4-4.4
-            # points), audio-driven mouth PSNR 0.15 dB lower, for about 50 s more on AVX2
+            # steps went to it: over five full default runs (seeds 0-3 on one thread, seed 0 on
+            # two), 450 wid + 1,050 render gave held-out words 90.6 / 82.1% on average against
+            # 89.5 / 80.2% at 300 + 1,200 (video up in four of the five pairs, by 1.2-4.4
+            # points), audio-driven mouth PSNR 0.18 dB lower, for about 50 s more on AVX2
             # (150 x 0.75 - 150 x 0.41 s). 250 instead of 350 gen steps lost video words (78.9%
             # with 600 wid): gen trains them too. docs/disentangling.md has the runs.
             wid_steps=450,
