@@ -74,7 +74,7 @@ def confusions(
     guess = logits.argmax(1)
     wrong = guess != labels
     counts = torch.bincount(labels[wrong] * k + guess[wrong], minlength=k * k)  # [K*K]
-    order = sorted(range(k * k), key=lambda i: (-int(counts[i]), i))[:top]
+    order = torch.sort(counts, descending=True, stable=True).indices[:top].tolist()
     return [[names[i // k], names[i % k], int(counts[i])] for i in order if counts[i] > 0]
 
 

@@ -438,7 +438,7 @@ def format_table(results: dict) -> str:
         a = ablation["lip_reading"]
         text += f"  | ablation audio {num(a['audio'])}  video {num(a['video'])}"
     lines.append(row("lip reading (word accuracy)", text + f"   (chance {num(lr['chance'])})"))
-    for name, pairs in lr.get("confusions", {}).items():
+    for name, pairs in lr["confusions"].items():
         text = ", ".join(f"{true} -> {guess} {n}" for true, guess, n in pairs) or "none"
         lines.append(row(f"  most frequent errors, {name}", text))
     for key, label in (("audio_to_video", "a->v"), ("video_to_audio", "v->a")):
