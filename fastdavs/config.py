@@ -56,6 +56,11 @@ class LossWeights:
     # (`fastdavs.model.losses.identity_scatter_loss`, audio + video, in wid and gen). It needs
     # batches with several clips per identity (`OptimConfig.identity_group`).
     identity_scatter: float = 0.0
+    # Not in the original: each clip's audio is encoded twice, under two independent draws of
+    # the voice changes DavsConfig.audio_warp and audio_jitter, and the word-ID features of the
+    # two views are pulled together (`fastdavs.model.losses.view_consistency_loss`, in wid and
+    # gen): what a change of speaker moves, the word-ID must not carry. No labels needed.
+    view_consistency: float = 0.0
     # Not in the original: mean squared error of the mouth's ground truth of every frame
     # (SynthLRW's visemes: jaw opening, lip width, rounding, teeth) read from its word-ID by a
     # linear head (`DavsModel.viseme_head`, built only when this is > 0), audio + video, in wid.
@@ -162,6 +167,12 @@ class DavsConfig:
     # apart and not words. SynthLRW's speakers' mean coefficients differ by a standard deviation
     # of 0.3-1.3 between people (c1..c12). 0 turns it off.
     audio_jitter: float = 0.0
+    # Training only, not in the original: vocal-tract length perturbation in the cepstral
+    # domain (`fastdavs.model.davs.formant_warp`): each clip's MFCC windows as if said with
+    # formants scaled by exp(U(-w, w)), one factor per clip. A speaker's vocal-tract length tells
+    # people apart and not words; SynthLRW's speakers' formant scales span 0.85-1.2 (0.35 in ln).
+    # 0 turns it off.
+    audio_warp: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -257,6 +268,8 @@ class DavsConfig:
             raise ConfigError(f"mouth_box covers no pixel at image_size={s}; enlarge it")
         if not (0 <= self.audio_jitter <= 10):
             raise ConfigError(f"audio_jitter={self.audio_jitter}: must be in [0, 10] (0 is off)")
+        if not (0 <= self.audio_warp <= 0.5):
+            raise ConfigError(f"audio_warp={self.audio_warp}: must be in [0, 0.5] (0 is off)")
         if not (0 <= self.video_jitter <= 1):
             raise ConfigError(f"video_jitter={self.video_jitter}: must be in [0, 1] (0 is off)")
         self._validate_editor()
@@ -277,6 +290,11 @@ class DavsConfig:
             raise ConfigError(
                 f"loss.identity_scatter={self.loss.identity_scatter} needs batches with several "
                 "clips per identity: set optim.identity_group to 2 or more"
+            )
+        if self.loss.view_consistency > 0 and not (self.audio_warp or self.audio_jitter):
+            raise ConfigError(
+                f"loss.view_consistency={self.loss.view_consistency} compares two random voice "
+                "changes of each clip: set audio_warp and/or audio_jitter above 0"
             )
         if o.lr_decay not in LR_DECAYS:
             raise ConfigError(

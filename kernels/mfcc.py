@@ -88,6 +88,16 @@ def hamming_symmetric(
     return (0.54 - 0.46 * torch.cos(2 * math.pi * k / (n - 1))).to(dtype)
 
 
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale: 1127 ln(1 + f / 700), elementwise."""
+    return 1127 * torch.log1p(hz / 700)
+
+
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """The inverse of `hz_to_mel`: 700 (exp(mel / 1127) - 1), elementwise."""
+    return 700 * torch.expm1(mel / 1127)
+
+
 def mel_filterbank(
     n_mels: int = N_MELS,
     n_fft: int = NFFT,
@@ -117,9 +127,9 @@ def mel_filterbank(
         Tensor: shape `(n_mels, n_fft // 2 + 1)`.
     """
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64, device=device)
-    mel_lo, mel_hi = (1127 * math.log1p(f / 700) for f in (fmin, fmax))
+    mel_lo, mel_hi = hz_to_mel(torch.tensor([fmin, fmax], dtype=torch.float64)).tolist()
     mels = torch.linspace(mel_lo, mel_hi, n_mels + 2, dtype=torch.float64, device=device)
-    edges = 700 * torch.expm1(mels / 1127)  # [n_mels + 2] Hz
+    edges = mel_to_hz(mels)  # [n_mels + 2] Hz
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # [n_mels, 1] each
     up = (freqs - lo) / (mid - lo)
     down = (hi - freqs) / (hi - mid)

@@ -61,9 +61,11 @@ def test_overrides_are_validated():
         ({"hourglass_depth": 5}, "hourglass_depth=5: must be 1..4"),
         ({"mfcc_steps": 25}, "20x12"),
         ({"gan_frames": 0}, "gan_frames=0"),
+        ({"audio_warp": 0.6}, r"audio_warp=0.6: must be in \[0, 0.5\]"),
         ({"mouth_box": (0.8, 0.2, 0.1, 0.9)}, "mouth_box"),
         ({"optim": OptimConfig(identity_group=17)}, "identity_group=17: must be 1..batch_size"),
         ({"loss": LossWeights(identity_scatter=1.0)}, "set optim.identity_group to 2 or more"),
+        ({"loss": LossWeights(view_consistency=1.0)}, "set audio_warp and/or audio_jitter"),
     ],
 )
 def test_invalid_values_name_the_field(change, message):

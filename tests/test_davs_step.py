@@ -227,6 +227,28 @@ def test_gen_step_with_the_mouth_editor_is_finite():
     assert not torch.equal(model.generator.out.weight, before)
 
 
+def test_view_consistency_compares_two_voice_changes_in_wid_and_gen():
+    torch.manual_seed(0)
+    cfg = DavsConfig.from_preset("tiny", audio_warp=0.2)
+    cfg.loss.view_consistency = 1.0
+    model = _model(cfg)
+    batch = example_batch(cfg, 4)
+    for stage in ("wid", "gen"):
+        fwd = stages.forward(model, batch, stage)
+        assert fwd.wid_a_view.shape == fwd.wid_a.shape
+        assert not torch.allclose(fwd.wid_a_view, fwd.wid_a)  # another warp of each clip
+        _, parts = stages.generator_loss(model, fwd, batch, stage)
+        assert 0 < parts["view_consistency"] < 2
+    model.zero_grad(set_to_none=True)
+    fwd = stages.forward(model, batch, "wid")
+    stages.view_consistency_loss(fwd.wid_a, fwd.wid_a_view).backward()
+    grads = [p.grad for p in model.audio_encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().max() > 0 for g in grads)
+    assert all(p.grad is None for p in model.video_encoder.parameters())
+    cfg.loss.view_consistency = 0.0
+    assert stages.forward(model, batch, "wid").wid_a_view is None
+
+
 def test_identity_scatter_trains_the_word_encoders_in_wid_and_gen():
     torch.manual_seed(0)
     cfg = DavsConfig.from_preset("tiny")

@@ -21,6 +21,7 @@ from fastdavs.model.losses import (
     reconstruction_loss,
     smoothness_loss,
     uniform_softmax_loss,
+    view_consistency_loss,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -340,6 +341,30 @@ def test_result_is_at_least_float32_and_scalar(name, dtype):
     ref = fn(*[x.to(F64) for x in inputs])
     rtol = {torch.float32: 1e-5, F64: 1e-12}[wide]
     torch.testing.assert_close(out.to(F64), ref, rtol=rtol, atol=0.0)
+
+
+# ---- view consistency -------------------------------------------------------------------------
+def test_view_consistency_hand_values():
+    # one dimension: views [0, 2] and [1, 2] differ by 1 and 0 (mean square 0.5); the four
+    # values 0, 2, 1, 2 have the unbiased variance 2.75 / 3
+    a = torch.tensor([[0.0], [2.0]], dtype=F64)
+    b = torch.tensor([[1.0], [2.0]], dtype=F64)
+    assert math.isclose(view_consistency_loss(a, b).item(), 0.5 / (2.75 / 3), rel_tol=1e-12)
+    assert view_consistency_loss(a, a).item() == 0.0
+
+
+def test_view_consistency_of_unrelated_views_is_about_two_and_scale_free():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 16, 12, 32, generator=g, dtype=F64)  # [B, L, D] each
+    out = view_consistency_loss(a, b)
+    assert 1.8 < out.item() < 2.2
+    torch.testing.assert_close(view_consistency_loss(a * 1e3, b * 1e3), out)
+    assert view_consistency_loss(a.bfloat16(), b.bfloat16()).dtype == torch.float32
+    x = a.clone().requires_grad_()
+    view_consistency_loss(x, b).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="must match"):
+        view_consistency_loss(a, b[:, :3])
 
 
 # ---- identity scatter -------------------------------------------------------------------------

@@ -91,9 +91,11 @@ def test_a_stage_of_zero_steps_is_passed_over(shards, tmp_path):
 def test_no_disentangle_turns_the_adversaries_off(shards, tmp_path):
     run = tmp_path / "run"
     args = ("--data", str(shards), "--out", str(run), "--stage", "gen", "--steps", "1")
-    assert _train(*args, "--no-disentangle", "--no-eval") == 0
+    voices = ("--audio-warp", "0.2", "--loss-view-consistency", "1")
+    assert _train(*args, *voices, "--no-disentangle", "--no-eval") == 0
     loss = DavsConfig.load(run / "config.json").loss
     assert (loss.pid_uniform, loss.wid_uniform, loss.adversary_ce) == (0, 0, 0)
+    assert loss.view_consistency == 0
     assert loss.reconstruction == DavsConfig.from_preset("tiny").loss.reconstruction
     assert not (run / "eval.json").exists()
 

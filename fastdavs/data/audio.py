@@ -25,12 +25,19 @@ import torch
 from fastdavs.errors import FastdavsError
 from fastdavs.kernels.mfcc import DTYPES as FUSED_DTYPES
 from fastdavs.kernels.mfcc import (
+    FMAX,
+    FMIN,
     HOP,
     N_COEFFS,
+    N_MELS,
     SAMPLE_RATE,
     WIN,
+    dct_matrix,
+    hz_to_mel,
+    mel_to_hz,
     mfcc_backend,
     mfcc_ref,
+    sine_lifter,
     waveform_problem,
 )
 from fastdavs.kernels.mfcc import mfcc as fused_mfcc
@@ -50,6 +57,7 @@ __all__ = [
     "AudioError",
     "audio_to_windows",
     "check_waveform",
+    "formant_warp_matrices",
     "mfcc",
     "mfcc_windows",
 ]
@@ -172,3 +180,44 @@ def audio_to_windows(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> tor
     same dtype, device and autograd behaviour as `mfcc`.
     """
     return mfcc_windows(mfcc(audio, sample_rate))[0]
+
+
+def formant_warp_matrices(scales: torch.Tensor) -> torch.Tensor:
+    """Cepstral matrices that move a voice's formants by the factors `scales`.
+
+    Vocal-tract length perturbation (Jaitly & Hinton 2013) done on the recipe's c1..c12 instead
+    of the waveform: a speaker whose vocal tract is shorter by a factor s has the spectrum
+    X'(f) = X(f / s). The recipe's 13 log filter-bank energies E are the inverse lifted DCT of
+    c1..c12 up to a constant (c0, the frame's level, is dropped and stays unknown), so
+
+        c' = M c,   M = diag(lifter) D W(s) D^T diag(1 / lifter)
+
+    with D the orthonormal DCT rows 1..12 and W(s) the linear interpolation that gives filter m
+    the energy found at its centre frequency divided by s (clamped to the first and last filters).
+    A constant log energy stays constant under W, so the unknown c0 does not leak into c1..c12.
+    Scale 1 gives the identity. Against SynthLRW's synthesizer (`tests/test_audio_warp.py`), the
+    warped MFCCs of one voice are nearer those of the same take said with formants scaled by s
+    than the unwarped ones are.
+
+    Args:
+        scales (Tensor): formant factors, shape `(B,)`, positive (1.1: formants 10% higher).
+    Returns:
+        Tensor: float64 `(B, K=12, K)`, on `scales`' device; apply to windows `[..., K]` of
+        clip b as ``windows @ M[b].T``.
+    """
+    if scales.dim() != 1 or not bool((scales > 0).all()):
+        raise ValueError(f"scales must be a 1-D tensor of positive factors, got {scales}")
+    device = scales.device
+    mel_lo, mel_hi = hz_to_mel(torch.tensor([FMIN, FMAX], dtype=torch.float64)).tolist()
+    step = (mel_hi - mel_lo) / (N_MELS + 1)  # filter m peaks at edge m + 1 of N_MELS + 2
+    centres = mel_to_hz(mel_lo + step * torch.arange(1, N_MELS + 1, dtype=torch.float64))
+    source = hz_to_mel(centres.to(device) / scales.double()[:, None])  # [B, M] mel
+    pos = ((source - mel_lo) / step - 1).clamp(0, N_MELS - 1)  # fractional filter index
+    lower = pos.floor().clamp(max=N_MELS - 2)
+    frac = pos - lower
+    w = torch.zeros(len(scales), N_MELS, N_MELS, dtype=torch.float64, device=device)
+    w.scatter_add_(2, lower.long()[..., None], (1 - frac)[..., None])
+    w.scatter_add_(2, lower.long()[..., None] + 1, frac[..., None])  # [B, M, M]
+    d = dct_matrix(dtype=torch.float64, device=device)[1:]  # [K, M]
+    lifter = sine_lifter(dtype=torch.float64, device=device)[1:]  # [K]
+    return (lifter[:, None] * d) @ w @ (d.T / lifter)  # [B, K, K]

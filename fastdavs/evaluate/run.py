@@ -260,9 +260,9 @@ def evaluate(
         "lip_reading": lip_reading,
         "retrieval": retrieval(sequence_embedding(r["wid_a"]), sequence_embedding(r["wid_v"])),
         "probes": {
-            "identity_from_audio_wid": _probe(r["wid_a"].mean(1), persons),
-            "identity_from_video_wid": _probe(r["wid_v"].mean(1), persons),
-            "word_from_pid": _probe(r["pid"], words),
+            "identity_from_audio_wid": half_split_probe(r["wid_a"].mean(1), persons),
+            "identity_from_video_wid": half_split_probe(r["wid_v"].mean(1), persons),
+            "word_from_pid": half_split_probe(r["pid"], words),
         },
         "generation": generation,
         "sync": sync,
@@ -385,7 +385,7 @@ def _majority(labels: torch.Tensor) -> float:
     return torch.bincount(labels).max().item() / labels.numel()
 
 
-def _probe(features: torch.Tensor, labels: torch.Tensor) -> dict:
+def half_split_probe(features: torch.Tensor, labels: torch.Tensor) -> dict:
     """`linear_probe` on the halves described in the module docstring.
 
     Args:

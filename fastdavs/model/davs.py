@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fastdavs.config import DavsConfig
+from fastdavs.data.audio import formant_warp_matrices
 from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.model.adversaries import (
     IdentityClassifier,
@@ -91,6 +92,16 @@ def cepstral_jitter(mfcc: torch.Tensor, strength: float) -> torch.Tensor:
     return mfcc + (offset * strength).to(mfcc.dtype)
 
 
+def formant_warp(mfcc: torch.Tensor, strength: float) -> torch.Tensor:
+    """mfcc [B, T, F, K] -> the same clips as if said with formants scaled by one random factor
+    exp(U(-strength, strength)) per clip (`DavsConfig.audio_warp`,
+    `fastdavs.data.audio.formant_warp_matrices`). Draws from the global RNG."""
+    log_scale = (torch.rand(mfcc.shape[0]) * 2 - 1) * strength  # [B]
+    warp = formant_warp_matrices(log_scale.exp()).to(mfcc.device, torch.float32)  # [B, K, K]
+    out = torch.einsum("btfk,bjk->btfj", mfcc.float(), warp)
+    return out.to(mfcc.dtype)
+
+
 class DavsModel(nn.Module):
     """All DAVS modules for one `DavsConfig`; the config is kept on `self.cfg`."""
 
@@ -149,6 +160,8 @@ class DavsModel(nn.Module):
     def encode_audio(self, mfcc: torch.Tensor) -> torch.Tensor:
         """mfcc [B, T, 20, 12] windows -> wid [B, T, word_dim]."""
         b, t = mfcc.shape[:2]
+        if self.audio_encoder.training and self.cfg.audio_warp:
+            mfcc = formant_warp(mfcc, self.cfg.audio_warp)
         if self.audio_encoder.training and self.cfg.audio_jitter:
             mfcc = cepstral_jitter(mfcc, self.cfg.audio_jitter)
         wid = self.audio_encoder(mfcc.flatten(0, 1))  # [B*T, D]

@@ -128,6 +128,28 @@ def cross_entropy(
     return F.cross_entropy(_wide(logits), labels, reduction=reduction)
 
 
+def view_consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """How far two views of the same items lie apart, relative to how far items lie apart.
+
+    first, second: [..., D] features of the same items under two random input changes (not in
+    the original; `DavsConfig.audio_warp`, `audio_jitter`). The loss is the mean squared
+    difference between the views divided by the variance of the items of both views (per
+    dimension, then averaged over dimensions): 0 when the views agree, about 2 when they are
+    unrelated, and unchanged when all features are scaled alike, so it cannot be met by
+    shrinking them.
+
+    Returns: 0-d tensor in at least float32.
+    """
+    if first.shape != second.shape or first.dim() < 2:
+        raise ValueError(
+            f"view_consistency_loss: views of shapes {tuple(first.shape)} and "
+            f"{tuple(second.shape)} must match and be [..., D]"
+        )
+    a, b = _wide(first).flatten(0, -2), _wide(second).flatten(0, -2)  # [N, D] each
+    spread = torch.cat((a, b)).var(0).mean()
+    return (a - b).pow(2).mean() / spread.clamp(min=1e-12)
+
+
 def identity_scatter_loss(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> torch.Tensor:

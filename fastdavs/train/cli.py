@@ -41,7 +41,14 @@ SYNTH_VERSION = 3  # bump when SynthLRW's content changes, so caches are rebuilt
 # DavsConfig fields the data decides (`fit_to_data`): no flag offers them.
 DATA_FIELDS = ("num_words", "num_identities")
 # The loss weights of disentangling, all 0 in the --no-disentangle ablation.
-DISENTANGLING = ("pid_uniform", "wid_uniform", "adversary_ce", "identity_scatter", "probe_uniform")
+DISENTANGLING = (
+    "pid_uniform",
+    "wid_uniform",
+    "adversary_ce",
+    "identity_scatter",
+    "probe_uniform",
+    "view_consistency",
+)
 # The loss weights whose terms read identity labels, all 0 on data without them.
 NEEDS_IDENTITIES = ("wid_uniform", "identity_scatter", "probe_uniform")
 

@@ -43,6 +43,7 @@ from fastdavs.model.losses import (
     reconstruction_loss,
     smoothness_loss,
     uniform_softmax_loss,
+    view_consistency_loss,
 )
 
 STAGES = ("pid", "wid", "render", "gen")
@@ -146,14 +147,17 @@ class Forward(NamedTuple):
     fake_v: torch.Tensor | None  # [B, G, 3, S, S] video-driven
     real: torch.Tensor | None  # [B, G, 3, S, S] the real frames of the run
     mfcc_run: torch.Tensor | None  # [B, G, 20, 12]
+    wid_a_view: torch.Tensor | None  # [B, L, D] audio word-ID under another voice change
 
 
 def forward(model: DavsModel, batch: dict, stage: str) -> Forward:
     """The activations both sides of a `wid` or `gen` step need."""
     wid_v = model.encode_video(batch["frames"])  # [B, L, D]
     wid_a = model.encode_audio(batch["mfcc"])
+    # A second draw of the training-time voice changes (audio_warp, audio_jitter).
+    view = model.encode_audio(batch["mfcc"]) if model.cfg.loss.view_consistency else None
     if stage == "wid":
-        return Forward(wid_v, wid_a, None, None, None, None, None, None)
+        return Forward(wid_v, wid_a, None, None, None, None, None, None, view)
     cfg = model.cfg
     g, start = cfg.gan_frames, batch["gen_start"]
     ident = model.encode_identity(batch["identity"])
@@ -164,7 +168,7 @@ def forward(model: DavsModel, batch: dict, stage: str) -> Forward:
     fake_v = model.generate(ident, take_run(wid_v, start, g))
     real = take_run(batch["frames"], start, g)
     mfcc_run = take_run(batch["mfcc"], start, g)
-    return Forward(wid_v, wid_a, ident, net1, fake_a, fake_v, real, mfcc_run)
+    return Forward(wid_v, wid_a, ident, net1, fake_a, fake_v, real, mfcc_run, view)
 
 
 def discriminator_loss(model: DavsModel, fwd: Forward, batch: dict) -> tuple[torch.Tensor, Parts]:
@@ -225,6 +229,9 @@ def generator_loss(
             terms.append((w.probe_uniform, f"probe_{name}", loss))
             terms.append((0.0, f"probe_{name}_acc", accuracy))
         probe.push(*means, persons)
+    if w.view_consistency:  # the same words whoever says them
+        consistency = view_consistency_loss(fwd.wid_a, fwd.wid_a_view)
+        terms.append((w.view_consistency, "view_consistency", consistency))
     if w.viseme and stage == "wid":  # the mouth's ground truth from each frame's word-ID
         truth = batch["visemes"]  # [B, L, 4]
         for name, wid in (("viseme_audio", fwd.wid_a), ("viseme_video", fwd.wid_v)):
