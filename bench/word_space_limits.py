@@ -34,17 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdavs.config import DavsConfig
-from fastdavs.data.dataset import DavsDataset
+from fastdavs.data.dataset import DavsDataset, ItemPlan
 from fastdavs.data.phonemes import VISEME_DIMS
 from fastdavs.data.shards import ShardSet, load_index
 from fastdavs.evaluate.run import half_split_probe
 from fastdavs.model.davs import cepstral_jitter, formant_warp
-
-
-def sequence_frames(dataset: DavsDataset) -> slice:
-    """The stored frames of every clip's centred word-ID sequence (evaluation's choice)."""
-    start = dataset.plan(0, 0).seq_start
-    return slice(start, start + 2 * dataset.seq_len - 1, 2)
 
 
 def audio_identity(test: ShardSet, seq: slice, seed: int) -> dict[str, dict]:
@@ -90,14 +84,14 @@ def words_from_visemes(train: ShardSet, test: ShardSet, seq: slice, seed: int) -
 
 
 def mouth_reader(
-    train: ShardSet, test: ShardSet, cfg: DavsConfig, steps: int, seed: int
+    train: ShardSet, test: ShardSet, cfg: DavsConfig, plan: ItemPlan, steps: int, seed: int
 ) -> dict[str, list[float]]:
-    """Per-viseme R^2 of a small CNN on single frames' mouth boxes, train and test people."""
+    """Per-viseme R^2 of a small CNN on single frames' mouth boxes, train and test people;
+    `plan` is an evaluation item's (its centre crop places the box)."""
     torch.manual_seed(seed)
     top, bottom, left, right = cfg.mouth_box_px
-    offset = (train.aligned_size - train.image_size) // 2  # the centre crop's corner
-    rows = slice(offset + top - 2, offset + bottom + 2)
-    cols = slice(offset + left - 2, offset + right + 2)
+    rows = slice(plan.crop_y + top - 2, plan.crop_y + bottom + 2)
+    cols = slice(plan.crop_x + left - 2, plan.crop_x + right + 2)
 
     def boxes(shards: ShardSet) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = np.stack([shards.frames(i)[:, rows, cols] for i in range(len(shards))])
@@ -160,7 +154,9 @@ def main() -> None:
     train, test = ShardSet(args.data, "train", index), ShardSet(args.data, "test", index)
     if train.visemes is None or test.visemes is None:
         raise SystemExit(f"{args.data}: no ground-truth visemes (SynthLRW only)")
-    seq = sequence_frames(DavsDataset(test, cfg, train=False))
+    evaluation = DavsDataset(test, cfg, train=False)
+    plan = evaluation.plan(0, 0)  # the centred sequence and crop every evaluation item uses
+    seq = evaluation.sequence_frames(plan.seq_start)
     print(f"{args.data}: {len(train)} training clips, {len(test)} test clips")
     for view, probe in audio_identity(test, seq, args.seed).items():
         accuracy = probe["reason"] or f"{probe['accuracy']:.3f} (chance {probe['chance']:.3f})"
@@ -169,7 +165,7 @@ def main() -> None:
     print(f"words from the ground-truth visemes (test people)          {ceiling:.3f}")
     if args.mouth_steps:
         names = " / ".join(VISEME_DIMS)
-        for people, r2 in mouth_reader(train, test, cfg, args.mouth_steps, args.seed).items():
+        for people, r2 in mouth_reader(train, test, cfg, plan, args.mouth_steps, args.seed).items():
             values = " / ".join(f"{x:.2f}" for x in r2)
             print(f"mouth box CNN, R^2 of {names}, {people}: {values}")
 

@@ -98,6 +98,18 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
     return 700 * torch.expm1(mel / 1127)
 
 
+def mel_edges(
+    n_mels: int = N_MELS,
+    fmin: float = FMIN,
+    fmax: float = FMAX,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The filter bank's `n_mels + 2` edges, equally spaced in mel between `fmin` and `fmax`:
+    float64 mel, filter m rising from edge m, peaking at edge m + 1, falling to edge m + 2."""
+    mel_lo, mel_hi = hz_to_mel(torch.tensor([fmin, fmax], dtype=torch.float64)).tolist()
+    return torch.linspace(mel_lo, mel_hi, n_mels + 2, dtype=torch.float64, device=device)
+
+
 def mel_filterbank(
     n_mels: int = N_MELS,
     n_fft: int = NFFT,
@@ -127,9 +139,7 @@ def mel_filterbank(
         Tensor: shape `(n_mels, n_fft // 2 + 1)`.
     """
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64, device=device)
-    mel_lo, mel_hi = hz_to_mel(torch.tensor([fmin, fmax], dtype=torch.float64)).tolist()
-    mels = torch.linspace(mel_lo, mel_hi, n_mels + 2, dtype=torch.float64, device=device)
-    edges = mel_to_hz(mels)  # [n_mels + 2] Hz
+    edges = mel_to_hz(mel_edges(n_mels, fmin, fmax, device))  # [n_mels + 2] Hz
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # [n_mels, 1] each
     up = (freqs - lo) / (mid - lo)
     down = (hi - freqs) / (hi - mid)

@@ -25,8 +25,6 @@ import torch
 from fastdavs.errors import FastdavsError
 from fastdavs.kernels.mfcc import DTYPES as FUSED_DTYPES
 from fastdavs.kernels.mfcc import (
-    FMAX,
-    FMIN,
     HOP,
     N_COEFFS,
     N_MELS,
@@ -34,6 +32,7 @@ from fastdavs.kernels.mfcc import (
     WIN,
     dct_matrix,
     hz_to_mel,
+    mel_edges,
     mel_to_hz,
     mfcc_backend,
     mfcc_ref,
@@ -208,11 +207,10 @@ def formant_warp_matrices(scales: torch.Tensor) -> torch.Tensor:
     if scales.dim() != 1 or not bool((scales > 0).all()):
         raise ValueError(f"scales must be a 1-D tensor of positive factors, got {scales}")
     device = scales.device
-    mel_lo, mel_hi = hz_to_mel(torch.tensor([FMIN, FMAX], dtype=torch.float64)).tolist()
-    step = (mel_hi - mel_lo) / (N_MELS + 1)  # filter m peaks at edge m + 1 of N_MELS + 2
-    centres = mel_to_hz(mel_lo + step * torch.arange(1, N_MELS + 1, dtype=torch.float64))
-    source = hz_to_mel(centres.to(device) / scales.double()[:, None])  # [B, M] mel
-    pos = ((source - mel_lo) / step - 1).clamp(0, N_MELS - 1)  # fractional filter index
+    edges = mel_edges(device=device)  # [M + 2] mel; filter m peaks at edge m + 1
+    step = (edges[-1] - edges[0]) / (N_MELS + 1)
+    source = hz_to_mel(mel_to_hz(edges[1:-1]) / scales.double()[:, None])  # [B, M] mel
+    pos = ((source - edges[0]) / step - 1).clamp(0, N_MELS - 1)  # fractional filter index
     lower = pos.floor().clamp(max=N_MELS - 2)
     frac = pos - lower
     w = torch.zeros(len(scales), N_MELS, N_MELS, dtype=torch.float64, device=device)

@@ -154,6 +154,10 @@ class DavsDataset(Dataset):
         i, seq, gen, adv, y, x, flip = draws.astype(np.int64).tolist()
         return ItemPlan(i, self._seq_starts[seq], gen, adv, y, x, bool(flip))
 
+    def sequence_frames(self, start: int) -> slice:
+        """The stored frames of the word-ID sequence that starts at `start`: L at stride 2."""
+        return slice(start, start + 2 * self.seq_len - 1, 2)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         p = self.plan(index, epoch)
@@ -164,7 +168,7 @@ class DavsDataset(Dataset):
             cols = slice(p.crop_x + s - 1, p.crop_x - 1 if p.crop_x else None, -1)
         else:
             cols = slice(p.crop_x, p.crop_x + s)
-        seq = slice(p.seq_start, p.seq_start + 2 * n_seq - 1, 2)
+        seq = self.sequence_frames(p.seq_start)
         # Each group of frames goes from the mapped file straight into the float32 [T, 3, S, S]
         # output in one pass (crop, flip, HWC -> CHW, / 255). NumPy rather than torch: one
         # thread, no intermediate copy, and no OpenMP threads competing with a training step.
